@@ -1,0 +1,276 @@
+//! Bearer JWT authentication (HS256 pinned, `exp` required) and the
+//! principal it yields; also the minting used by development tools.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::problem::Problem;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Writer,
+    Reviewer,
+    Reader,
+    Auditor,
+    Admin,
+}
+
+impl Role {
+    const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "writer" => Some(Self::Writer),
+            "reviewer" => Some(Self::Reviewer),
+            "reader" => Some(Self::Reader),
+            "auditor" => Some(Self::Auditor),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// The claims of a token of this service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub studies: Option<Vec<Uuid>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// The authenticated caller: the actor recorded on every event it causes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: String,
+    roles: u8,
+    /// The studies the token is limited to; `None` means all.
+    pub studies: Option<Vec<Uuid>>,
+}
+
+impl Principal {
+    pub fn new(id: impl Into<String>, roles: &[Role], studies: Option<Vec<Uuid>>) -> Self {
+        Self {
+            id: id.into(),
+            roles: roles.iter().fold(0, |acc, r| acc | r.bit()),
+            studies,
+        }
+    }
+
+    /// Whether the principal holds the role; `admin` holds every role.
+    pub fn has(&self, role: Role) -> bool {
+        self.roles & (role.bit() | Role::Admin.bit()) != 0
+    }
+
+    pub fn require(&self, role: Role) -> Result<(), Problem> {
+        if self.has(role) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "this needs the {} role",
+                serde_json::to_value(role)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )))
+        }
+    }
+
+    pub fn may_access_study(&self, study_id: Uuid) -> bool {
+        self.studies.as_ref().is_none_or(|s| s.contains(&study_id))
+    }
+}
+
+/// Validates bearer tokens with the shared secret.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    pub fn new(secret: &[u8], issuer: Option<&str>, audience: Option<&str>) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 30;
+        if let Some(iss) = issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        match audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".into());
+            }
+            None => validation.validate_aud = false,
+        }
+        Self {
+            key: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Checks an `Authorization` header value.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Problem> {
+        let header = authorization
+            .ok_or_else(|| Problem::unauthorized("an Authorization: Bearer token is required"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                Problem::unauthorized("the Authorization header must be a Bearer token")
+            })?;
+        let data = jsonwebtoken::decode::<Claims>(token.trim(), &self.key, &self.validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                let why = match e.kind() {
+                    ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::InvalidSignature => "the token's signature does not verify",
+                    ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
+                    ErrorKind::MissingRequiredClaim(_) => {
+                        "the token lacks a required claim (sub, exp)"
+                    }
+                    ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
+                    ErrorKind::InvalidAudience => "the token's audience is not accepted",
+                    _ => "the token is malformed",
+                };
+                Problem::unauthorized(why)
+            })?;
+        let claims = data.claims;
+        if claims.sub.is_empty() || claims.sub.len() > 256 {
+            return Err(Problem::unauthorized(
+                "the token's sub must be 1 to 256 bytes",
+            ));
+        }
+        let roles: Vec<Role> = claims.roles.iter().filter_map(|r| Role::parse(r)).collect();
+        Ok(Principal::new(claims.sub, &roles, claims.studies))
+    }
+}
+
+/// Anything that can hand out the shared [`Authenticator`].
+pub trait HasAuthenticator {
+    fn authenticator(&self) -> &Authenticator;
+}
+
+impl<S> FromRequestParts<S> for Principal
+where
+    S: HasAuthenticator + Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.to_str());
+        let header = match header {
+            Some(Ok(v)) => Some(v),
+            Some(Err(_)) => {
+                return Err(Problem::unauthorized(
+                    "the Authorization header is not ASCII",
+                ))
+            }
+            None => None,
+        };
+        state.authenticator().authenticate(header)
+    }
+}
+
+impl<T: HasAuthenticator> HasAuthenticator for Arc<T> {
+    fn authenticator(&self) -> &Authenticator {
+        (**self).authenticator()
+    }
+}
+
+/// Mints a token, as any client knowing the secret can.
+pub fn mint(secret: &[u8], claims: &Claims) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("HS256 signing with a byte secret cannot fail")
+}
+
+/// Claims for `sub` with `roles`, valid for `ttl_seconds` from now.
+pub fn claims_for(sub: &str, roles: &[Role], ttl_seconds: i64) -> Claims {
+    Claims {
+        sub: sub.to_owned(),
+        roles: roles
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).ok()?.as_str().map(str::to_owned))
+            .collect(),
+        exp: chrono::Utc::now().timestamp() + ttl_seconds,
+        studies: None,
+        iss: None,
+        aud: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"test-secret";
+
+    #[test]
+    fn a_minted_token_authenticates_with_its_roles() {
+        let auth = Authenticator::new(SECRET, None, None);
+        let token = mint(SECRET, &claims_for("alice", &[Role::Writer], 60));
+        let p = auth.authenticate(Some(&format!("Bearer {token}"))).unwrap();
+        assert_eq!(p.id, "alice");
+        assert!(p.has(Role::Writer));
+        assert!(!p.has(Role::Reviewer));
+    }
+
+    #[test]
+    fn admin_holds_every_role() {
+        let p = Principal::new("root", &[Role::Admin], None);
+        assert!(p.has(Role::Reviewer) && p.has(Role::Auditor));
+    }
+
+    #[test]
+    fn expired_wrong_secret_and_wrong_algorithm_are_refused() {
+        let auth = Authenticator::new(SECRET, None, None);
+        let expired = mint(SECRET, &claims_for("a", &[Role::Writer], -3600));
+        assert!(auth
+            .authenticate(Some(&format!("Bearer {expired}")))
+            .is_err());
+        let other = mint(b"other", &claims_for("a", &[Role::Writer], 60));
+        assert!(auth.authenticate(Some(&format!("Bearer {other}"))).is_err());
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &claims_for("a", &[Role::Writer], 60),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert!(auth.authenticate(Some(&format!("Bearer {hs512}"))).is_err());
+        assert!(auth.authenticate(None).is_err());
+        assert!(auth.authenticate(Some("Basic abc")).is_err());
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let auth = Authenticator::new(SECRET, Some("lab"), Some("records"));
+        let mut claims = claims_for("a", &[Role::Reader], 60);
+        let bare = mint(SECRET, &claims);
+        assert!(auth.authenticate(Some(&format!("Bearer {bare}"))).is_err());
+        claims.iss = Some("lab".into());
+        claims.aud = Some("records".into());
+        let good = mint(SECRET, &claims);
+        assert!(auth.authenticate(Some(&format!("Bearer {good}"))).is_ok());
+    }
+}

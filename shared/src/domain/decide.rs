@@ -1,0 +1,548 @@
+//! Commands and `decide`: the domain rules of the contract as one pure
+//! function from (states, command) to new events or a typed refusal.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::events::{
+    AggregateKind, DomainEvent, ObservationCorrected, ObservationRecorded, ObservationSigned,
+    StudyAmended, StudyRegistered, SubjectRegistered,
+};
+use super::state::{
+    ObservationState, ObservationStatus, StudyState, StudyStatus, SubjectState, SubjectStatus,
+};
+use super::values::{SignatureMeaning, StudyCode, Variable};
+
+pub const MAX_TEXT: usize = 10_000;
+pub const MAX_SHORT_TEXT: usize = 500;
+pub const MAX_VARIABLES: usize = 1_000;
+pub const MAX_ATTRIBUTES: usize = 100;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegisterStudy {
+    pub study_id: Uuid,
+    pub code: StudyCode,
+    pub title: String,
+    pub principal_investigator: String,
+    pub description: Option<String>,
+    pub variables: Vec<Variable>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmendStudy {
+    pub study_id: Uuid,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub add_variables: Vec<Variable>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegisterSubject {
+    pub study_id: Uuid,
+    pub subject_id: Uuid,
+    pub label: String,
+    pub attributes: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordObservation {
+    pub subject_id: Uuid,
+    pub observation_id: Uuid,
+    pub observed_at: DateTime<Utc>,
+    pub values: BTreeMap<String, Value>,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorrectObservation {
+    pub observation_id: Uuid,
+    pub values: BTreeMap<String, Value>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    RegisterStudy(RegisterStudy),
+    AmendStudy(AmendStudy),
+    CloseStudy {
+        study_id: Uuid,
+        reason: String,
+    },
+    RegisterSubject(RegisterSubject),
+    WithdrawSubject {
+        subject_id: Uuid,
+        reason: String,
+    },
+    RecordObservation(RecordObservation),
+    CorrectObservation(CorrectObservation),
+    RetractObservation {
+        observation_id: Uuid,
+        reason: String,
+    },
+    SignObservation {
+        observation_id: Uuid,
+        meaning: SignatureMeaning,
+    },
+}
+
+impl Command {
+    /// The aggregate the command appends to.
+    pub fn written(&self) -> (AggregateKind, Uuid) {
+        match self {
+            Self::RegisterStudy(c) => (AggregateKind::Study, c.study_id),
+            Self::AmendStudy(c) => (AggregateKind::Study, c.study_id),
+            Self::CloseStudy { study_id, .. } => (AggregateKind::Study, *study_id),
+            Self::RegisterSubject(c) => (AggregateKind::Subject, c.subject_id),
+            Self::WithdrawSubject { subject_id, .. } => (AggregateKind::Subject, *subject_id),
+            Self::RecordObservation(c) => (AggregateKind::Observation, c.observation_id),
+            Self::CorrectObservation(c) => (AggregateKind::Observation, c.observation_id),
+            Self::RetractObservation { observation_id, .. }
+            | Self::SignObservation { observation_id, .. } => {
+                (AggregateKind::Observation, *observation_id)
+            }
+        }
+    }
+
+    /// The existing aggregate the command is addressed to (the id in its
+    /// path), from which the other states it needs are found.
+    pub fn target(&self) -> Option<(AggregateKind, Uuid)> {
+        match self {
+            Self::RegisterStudy(_) => None,
+            Self::RegisterSubject(c) => Some((AggregateKind::Study, c.study_id)),
+            Self::RecordObservation(c) => Some((AggregateKind::Subject, c.subject_id)),
+            other => Some(other.written()),
+        }
+    }
+
+    /// Whether the command creates its aggregate (and answers `201`).
+    pub fn creates(&self) -> bool {
+        matches!(
+            self,
+            Self::RegisterStudy(_) | Self::RegisterSubject(_) | Self::RecordObservation(_)
+        )
+    }
+
+    /// The reason recorded in the envelope, for the commands that need one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::AmendStudy(c) => Some(&c.reason),
+            Self::CloseStudy { reason, .. }
+            | Self::WithdrawSubject { reason, .. }
+            | Self::RetractObservation { reason, .. } => Some(reason),
+            Self::CorrectObservation(c) => Some(&c.reason),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RegisterStudy(_) => "RegisterStudy",
+            Self::AmendStudy(_) => "AmendStudy",
+            Self::CloseStudy { .. } => "CloseStudy",
+            Self::RegisterSubject(_) => "RegisterSubject",
+            Self::WithdrawSubject { .. } => "WithdrawSubject",
+            Self::RecordObservation(_) => "RecordObservation",
+            Self::CorrectObservation(_) => "CorrectObservation",
+            Self::RetractObservation { .. } => "RetractObservation",
+            Self::SignObservation { .. } => "SignObservation",
+        }
+    }
+}
+
+/// A domain rule of the contract; its name is part of the `422` problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    StudyClosed,
+    SubjectWithdrawn,
+    ObservationRetracted,
+    ReasonRequired,
+    NothingChanged,
+    UnknownVariable,
+    ValueDoesNotFit,
+    DuplicateVariable,
+    NoValues,
+    SelfApproval,
+    AlreadySigned,
+    AlreadyClosed,
+    AlreadyWithdrawn,
+}
+
+impl Rule {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::StudyClosed => "study-closed",
+            Self::SubjectWithdrawn => "subject-withdrawn",
+            Self::ObservationRetracted => "observation-retracted",
+            Self::ReasonRequired => "reason-required",
+            Self::NothingChanged => "nothing-changed",
+            Self::UnknownVariable => "unknown-variable",
+            Self::ValueDoesNotFit => "value-does-not-fit",
+            Self::DuplicateVariable => "duplicate-variable",
+            Self::NoValues => "no-values",
+            Self::SelfApproval => "two-person-rule",
+            Self::AlreadySigned => "already-signed",
+            Self::AlreadyClosed => "already-closed",
+            Self::AlreadyWithdrawn => "already-withdrawn",
+        }
+    }
+}
+
+/// One field that failed validation, named by its path in the body.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DomainError {
+    /// A rule of the contract was broken (`422`); `errors` names the fields.
+    #[error("{detail}")]
+    Rule {
+        rule: Rule,
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    /// The aggregate addressed by the command does not exist (`404`).
+    #[error("{} {id} does not exist", .kind.as_str())]
+    NotFound { kind: AggregateKind, id: Uuid },
+    /// The id of a new aggregate is already taken (`409`).
+    #[error("{} {id} already exists", .kind.as_str())]
+    AlreadyExists { kind: AggregateKind, id: Uuid },
+}
+
+impl DomainError {
+    fn rule(rule: Rule, detail: impl Into<String>) -> Self {
+        Self::Rule {
+            rule,
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn fields(rule: Rule, detail: impl Into<String>, errors: Vec<FieldError>) -> Self {
+        Self::Rule {
+            rule,
+            detail: detail.into(),
+            errors,
+        }
+    }
+}
+
+/// The states a decision reads: the written aggregate and those it hangs on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct States<'a> {
+    pub study: Option<&'a StudyState>,
+    pub subject: Option<&'a SubjectState>,
+    pub observation: Option<&'a ObservationState>,
+}
+
+/// Decides a command against the current states. `actor` is the principal
+/// making the command (role checks happen at the edge; the two-person rule
+/// is a domain rule and is checked here).
+pub fn decide(
+    command: &Command,
+    actor: &str,
+    states: States<'_>,
+) -> Result<Vec<DomainEvent>, DomainError> {
+    if let Some(reason) = command.reason() {
+        if reason.trim().is_empty() {
+            return Err(DomainError::fields(
+                Rule::ReasonRequired,
+                format!("{} must give a non-empty reason", command.name()),
+                vec![FieldError::new("reason", "must not be empty")],
+            ));
+        }
+    }
+    match command {
+        Command::RegisterStudy(c) => {
+            if states.study.is_some() {
+                return Err(DomainError::AlreadyExists {
+                    kind: AggregateKind::Study,
+                    id: c.study_id,
+                });
+            }
+            check_new_variables(&c.variables, &[], "variables")?;
+            Ok(vec![DomainEvent::StudyRegistered(StudyRegistered {
+                study_id: c.study_id,
+                code: c.code.clone(),
+                title: c.title.clone(),
+                principal_investigator: c.principal_investigator.clone(),
+                description: c.description.clone(),
+                variables: c.variables.clone(),
+            })])
+        }
+        Command::AmendStudy(c) => {
+            let study = open_study(states.study, c.study_id)?;
+            let changes_title = c.title.as_ref().is_some_and(|t| *t != study.title);
+            let changes_description = c.description.is_some() && c.description != study.description;
+            if !changes_title && !changes_description && c.add_variables.is_empty() {
+                return Err(DomainError::rule(
+                    Rule::NothingChanged,
+                    "the amendment changes nothing",
+                ));
+            }
+            check_new_variables(&c.add_variables, &study.variables, "add_variables")?;
+            Ok(vec![DomainEvent::StudyAmended(StudyAmended {
+                title: c.title.clone().filter(|_| changes_title),
+                description: c.description.clone().filter(|_| changes_description),
+                add_variables: c.add_variables.clone(),
+            })])
+        }
+        Command::CloseStudy { study_id, .. } => {
+            let study = states.study.ok_or(DomainError::NotFound {
+                kind: AggregateKind::Study,
+                id: *study_id,
+            })?;
+            if study.status == StudyStatus::Closed {
+                return Err(DomainError::rule(
+                    Rule::AlreadyClosed,
+                    "the study is already closed",
+                ));
+            }
+            Ok(vec![DomainEvent::StudyClosed])
+        }
+        Command::RegisterSubject(c) => {
+            open_study(states.study, c.study_id)?;
+            if states.subject.is_some() {
+                return Err(DomainError::AlreadyExists {
+                    kind: AggregateKind::Subject,
+                    id: c.subject_id,
+                });
+            }
+            Ok(vec![DomainEvent::SubjectRegistered(SubjectRegistered {
+                subject_id: c.subject_id,
+                study_id: c.study_id,
+                label: c.label.clone(),
+                attributes: c.attributes.clone(),
+            })])
+        }
+        Command::WithdrawSubject { subject_id, .. } => {
+            let subject = states.subject.ok_or(DomainError::NotFound {
+                kind: AggregateKind::Subject,
+                id: *subject_id,
+            })?;
+            if subject.status == SubjectStatus::Withdrawn {
+                return Err(DomainError::rule(
+                    Rule::AlreadyWithdrawn,
+                    "the subject is already withdrawn",
+                ));
+            }
+            Ok(vec![DomainEvent::SubjectWithdrawn])
+        }
+        Command::RecordObservation(c) => {
+            let subject = states.subject.ok_or(DomainError::NotFound {
+                kind: AggregateKind::Subject,
+                id: c.subject_id,
+            })?;
+            let study = open_study(states.study, subject.study_id)?;
+            if subject.status == SubjectStatus::Withdrawn {
+                return Err(DomainError::rule(
+                    Rule::SubjectWithdrawn,
+                    "nothing may be added to a withdrawn subject",
+                ));
+            }
+            if states.observation.is_some() {
+                return Err(DomainError::AlreadyExists {
+                    kind: AggregateKind::Observation,
+                    id: c.observation_id,
+                });
+            }
+            check_values(study, &c.values)?;
+            Ok(vec![DomainEvent::ObservationRecorded(
+                ObservationRecorded {
+                    observation_id: c.observation_id,
+                    study_id: study.id,
+                    subject_id: subject.id,
+                    observed_at: c.observed_at,
+                    values: c.values.clone(),
+                    comment: c.comment.clone(),
+                },
+            )])
+        }
+        Command::CorrectObservation(c) => {
+            let observation = live_observation(states.observation, c.observation_id, "corrected")?;
+            let study = open_study(states.study, observation.study_id)?;
+            check_values(study, &c.values)?;
+            if c.values
+                .iter()
+                .all(|(name, value)| observation.values.get(name) == Some(value))
+            {
+                return Err(DomainError::rule(
+                    Rule::NothingChanged,
+                    "a correction must change at least one value",
+                ));
+            }
+            Ok(vec![DomainEvent::ObservationCorrected(
+                ObservationCorrected {
+                    values: c.values.clone(),
+                },
+            )])
+        }
+        Command::RetractObservation { observation_id, .. } => {
+            let observation =
+                live_observation(states.observation, *observation_id, "retracted again")?;
+            open_study(states.study, observation.study_id)?;
+            Ok(vec![DomainEvent::ObservationRetracted])
+        }
+        Command::SignObservation {
+            observation_id,
+            meaning,
+        } => {
+            let observation = live_observation(states.observation, *observation_id, "signed")?;
+            if *meaning == SignatureMeaning::Approved && observation.last_author == actor {
+                return Err(DomainError::rule(
+                    Rule::SelfApproval,
+                    "an approval needs a signer other than the one who recorded or last corrected the observation",
+                ));
+            }
+            if observation
+                .signatures
+                .iter()
+                .any(|s| s.signer == actor && s.meaning == *meaning)
+            {
+                return Err(DomainError::rule(
+                    Rule::AlreadySigned,
+                    "this signer has already given this signature",
+                ));
+            }
+            Ok(vec![DomainEvent::ObservationSigned(ObservationSigned {
+                meaning: *meaning,
+            })])
+        }
+    }
+}
+
+fn open_study(study: Option<&StudyState>, id: Uuid) -> Result<&StudyState, DomainError> {
+    let study = study.ok_or(DomainError::NotFound {
+        kind: AggregateKind::Study,
+        id,
+    })?;
+    if study.status == StudyStatus::Closed {
+        return Err(DomainError::rule(
+            Rule::StudyClosed,
+            "nothing may be added to a closed study",
+        ));
+    }
+    Ok(study)
+}
+
+fn live_observation<'a>(
+    observation: Option<&'a ObservationState>,
+    id: Uuid,
+    verb: &str,
+) -> Result<&'a ObservationState, DomainError> {
+    let observation = observation.ok_or(DomainError::NotFound {
+        kind: AggregateKind::Observation,
+        id,
+    })?;
+    if observation.status == ObservationStatus::Retracted {
+        return Err(DomainError::rule(
+            Rule::ObservationRetracted,
+            format!("a retracted observation cannot be {verb}"),
+        ));
+    }
+    Ok(observation)
+}
+
+fn check_new_variables(
+    new: &[Variable],
+    existing: &[Variable],
+    field: &str,
+) -> Result<(), DomainError> {
+    let mut errors = Vec::new();
+    let mut names: HashSet<&str> = existing.iter().map(|v| v.name.as_str()).collect();
+    if new.len() + existing.len() > MAX_VARIABLES {
+        errors.push(FieldError::new(
+            field,
+            format!("a study has at most {MAX_VARIABLES} variables"),
+        ));
+    }
+    for (i, variable) in new.iter().enumerate() {
+        if !names.insert(variable.name.as_str()) {
+            errors.push(FieldError::new(
+                format!("{field}[{i}].name"),
+                format!("variable {} is declared twice", variable.name),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(DomainError::fields(
+            Rule::DuplicateVariable,
+            "variable names must be unique",
+            errors,
+        ));
+    }
+    let errors: Vec<FieldError> = new
+        .iter()
+        .enumerate()
+        .flat_map(|(i, v)| {
+            v.check()
+                .into_iter()
+                .map(move |(f, message)| FieldError::new(format!("{field}[{i}].{f}"), message))
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(DomainError::fields(
+            Rule::ValueDoesNotFit,
+            "a variable definition is not valid",
+            errors,
+        ))
+    }
+}
+
+fn check_values(study: &StudyState, values: &BTreeMap<String, Value>) -> Result<(), DomainError> {
+    if values.is_empty() {
+        return Err(DomainError::fields(
+            Rule::NoValues,
+            "at least one value is needed",
+            vec![FieldError::new("values", "must name at least one variable")],
+        ));
+    }
+    let mut unknown = Vec::new();
+    let mut misfits = Vec::new();
+    for (name, value) in values {
+        match study.variable(name) {
+            None => unknown.push(FieldError::new(
+                format!("values.{name}"),
+                "the study declares no such variable",
+            )),
+            Some(variable) => {
+                if let Err(message) = variable.check_value(value) {
+                    misfits.push(FieldError::new(format!("values.{name}"), message));
+                }
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(DomainError::fields(
+            Rule::UnknownVariable,
+            "an observation may only name variables its study declares",
+            unknown,
+        ));
+    }
+    if !misfits.is_empty() {
+        return Err(DomainError::fields(
+            Rule::ValueDoesNotFit,
+            "a value does not fit its variable's kind, range or categories",
+            misfits,
+        ));
+    }
+    Ok(())
+}

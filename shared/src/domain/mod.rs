@@ -1,0 +1,24 @@
+//! The domain: value objects, commands, events, and the pure `decide` and
+//! `apply` functions. Nothing in this module does I/O or reads a clock.
+
+mod decide;
+mod events;
+mod state;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+pub use decide::{
+    decide, AmendStudy, Command, CorrectObservation, DomainError, FieldError, RecordObservation,
+    RegisterStudy, RegisterSubject, Rule, States, MAX_ATTRIBUTES, MAX_SHORT_TEXT, MAX_TEXT,
+};
+pub use events::{
+    AggregateKind, DomainEvent, Empty, EventDecodeError, ObservationCorrected, ObservationRecorded,
+    ObservationSigned, StudyAmended, StudyRegistered, SubjectRegistered, EVENT_TYPES,
+};
+pub use state::{
+    apply, AggregateState, ApplyError, EventMeta, ObservationState, ObservationStatus, Signature,
+    StudyState, StudyStatus, SubjectState, SubjectStatus,
+};
+pub use values::{SignatureMeaning, StudyCode, Variable, VariableKind, VariableName};

@@ -1,0 +1,21 @@
+//! Code shared by the three services.
+//!
+//! Layout:
+//! - [`domain`]: commands, events, `decide` and `apply` (pure, no I/O);
+//! - [`envelope`]: the stored event, its canonical bytes, hash chain and
+//!   CloudEvents form;
+//! - [`store`]: the PostgreSQL event store with its group-commit appender;
+//! - [`auth`]: bearer JWT validation and minting;
+//! - [`problem`]: RFC 9457 problem details;
+//! - [`telemetry`]: logging set-up shared by the binaries.
+
+pub mod auth;
+pub mod domain;
+pub mod envelope;
+pub mod problem;
+pub mod store;
+pub mod telemetry;
+
+/// The migrations of the whole database, applied at start-up by every
+/// service (sqlx serialises concurrent runs with an advisory lock).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
