@@ -1,1 +1,17 @@
-fn main() {}
+//! `command-api` binary: reads its configuration and serves until SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use command_api::config::Config;
+use command_api::App;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    shared::telemetry::init("info,sqlx=warn");
+    let app = App::start(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("binding {}", config.addr))?;
+    app.serve(listener, command_api::shutdown_signal()).await
+}

@@ -6,10 +6,12 @@
 //!   CloudEvents form;
 //! - [`store`]: the PostgreSQL event store with its group-commit appender;
 //! - [`auth`]: bearer JWT validation and minting;
+//! - [`config`]: parsing helpers for the services' settings;
 //! - [`problem`]: RFC 9457 problem details;
 //! - [`telemetry`]: logging set-up shared by the binaries.
 
 pub mod auth;
+pub mod config;
 pub mod domain;
 pub mod envelope;
 pub mod problem;

@@ -1,0 +1,66 @@
+//! The command API's configuration, read from flags or the environment
+//! (every variable is listed with its default in `.env.example`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use shared::config::parse_duration;
+
+/// Validates research commands, appends their events to PostgreSQL and
+/// publishes them to NATS JetStream.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "command-api", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "COMMAND_API_ADDR", default_value = "127.0.0.1:8081")]
+    pub addr: SocketAddr,
+
+    /// PostgreSQL primary (the event store).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/research"
+    )]
+    pub database_url: String,
+
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "COMMAND_API_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+
+    /// NATS server with JetStream.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// JetStream stream the events are published to.
+    #[arg(long, env = "NATS_STREAM", default_value = "RESEARCH_EVENTS")]
+    pub nats_stream: String,
+
+    /// First token of every published subject (`<prefix>.<aggregate>.<id>`).
+    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "research")]
+    pub nats_subject_prefix: String,
+
+    /// Secret of the HS256 bearer tokens (shared by all services).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Longest time a request may take before it is answered 503.
+    #[arg(long, env = "COMMAND_API_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Aggregate states kept in memory for deciding commands.
+    #[arg(long, env = "COMMAND_API_STATE_CACHE", default_value_t = 200_000)]
+    pub state_cache: usize,
+
+    /// Most append requests written in one transaction.
+    #[arg(long, env = "COMMAND_API_MAX_APPEND_BATCH", default_value_t = 2000)]
+    pub max_append_batch: usize,
+}

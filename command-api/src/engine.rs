@@ -1,0 +1,520 @@
+//! The command pipeline: find the states a command needs (from memory when
+//! possible), check `If-Match`, `decide`, append, and keep the cache current.
+//! A decision made on a stale state loses the append's version check and is
+//! retried on a fresh load; a real race with another writer answers `409`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use shared::auth::Principal;
+use shared::domain::{
+    apply, decide, AggregateKind, AggregateState, Command, DomainError, DomainEvent, EventMeta,
+    States,
+};
+use shared::store::{
+    AppendError, AppendRequest, Appended, Claim, EventStore, IdempotencyCompletion,
+};
+use uuid::Uuid;
+
+use crate::cache::{Cached, StateCache};
+use crate::error::ApiError;
+
+/// How often a command is decided again after losing to a stale cache.
+const MAX_ATTEMPTS: usize = 4;
+
+/// Everything about a command that is not its body.
+#[derive(Debug, Clone)]
+pub struct CommandMeta {
+    pub principal: Principal,
+    pub if_match: Option<i64>,
+    pub correlation_id: String,
+    pub causation_id: String,
+    pub idempotency: Option<IdempotencyCompletion>,
+    /// The server made the id of the created aggregate, so it is new.
+    pub server_made_id: bool,
+}
+
+/// The answer of a successful command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    pub id: Uuid,
+    pub version: i64,
+    pub position: i64,
+    pub created: bool,
+}
+
+pub struct Engine {
+    pub store: EventStore,
+    pub cache: StateCache,
+}
+
+/// A decided command, ready to append.
+struct Prepared {
+    request: AppendRequest,
+    /// The written aggregate before the command, and whether it came from
+    /// memory rather than a fresh load.
+    base: Option<Cached>,
+    base_from_memory: bool,
+}
+
+enum Step {
+    Ready(Box<Prepared>),
+    /// `If-Match` names a version newer than the cached one: load afresh.
+    Reload,
+}
+
+type Overlay = HashMap<Uuid, Cached>;
+
+impl Engine {
+    pub fn new(store: EventStore, cache_capacity: usize) -> Self {
+        Self {
+            store,
+            cache: StateCache::new(cache_capacity),
+        }
+    }
+
+    pub async fn execute(
+        &self,
+        command: &Command,
+        meta: &CommandMeta,
+    ) -> Result<Executed, ApiError> {
+        let started = Utc::now();
+        let mut fresh = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let prepared = match self.prepare(command, meta, fresh, None).await? {
+                Step::Ready(p) => p,
+                Step::Reload => {
+                    fresh = true;
+                    continue;
+                }
+            };
+            let outcome = self.store.append(prepared.request.clone()).await;
+            match self
+                .settle(command, meta, &prepared, outcome, started)
+                .await?
+            {
+                Some(done) => return Ok(done),
+                None => fresh = true,
+            }
+        }
+        metrics::counter!("commands_retries_exhausted_total").increment(1);
+        Err(ApiError::Append(AppendError::Conflict {
+            aggregate_id: command.written().1,
+            expected: -1,
+            actual: -1,
+        }))
+    }
+
+    /// Decides the items of a batch in order, each on the states the earlier
+    /// ones produced, and appends them together. Items that lost a version
+    /// check are then run again one by one, in order.
+    pub async fn execute_batch(
+        &self,
+        items: Vec<Result<(Command, CommandMeta), ApiError>>,
+    ) -> Vec<Result<Executed, ApiError>> {
+        let started = Utc::now();
+        let mut results: Vec<Option<Result<Executed, ApiError>>> = Vec::with_capacity(items.len());
+        let mut overlay = Overlay::new();
+        let mut pending = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            results.push(None);
+            let (command, meta) = match item {
+                Ok(pair) => pair,
+                Err(e) => {
+                    results[index] = Some(Err(ApiError::from(e.to_problem())));
+                    continue;
+                }
+            };
+            let step = match self.prepare(command, meta, false, Some(&overlay)).await {
+                Ok(Step::Reload) => self.prepare(command, meta, true, Some(&overlay)).await,
+                other => other,
+            };
+            match step {
+                Ok(Step::Ready(prepared)) => {
+                    match fold_onto(
+                        prepared.base.as_ref(),
+                        command,
+                        &prepared.request.events,
+                        meta,
+                        started,
+                    ) {
+                        Ok(next) => {
+                            overlay.insert(prepared.request.aggregate_id, next);
+                            pending.push((index, prepared));
+                        }
+                        Err(e) => results[index] = Some(Err(e)),
+                    }
+                }
+                Ok(Step::Reload) => results[index] = Some(Err(stale(command))),
+                Err(e) => results[index] = Some(Err(e)),
+            }
+        }
+        let requests = pending.iter().map(|(_, p)| p.request.clone()).collect();
+        let outcomes = self.store.append_all(requests).await;
+        let mut retry = Vec::new();
+        for ((index, prepared), outcome) in pending.into_iter().zip(outcomes) {
+            let Ok((command, meta)) = &items[index] else {
+                continue;
+            };
+            match outcome {
+                Ok(appended) => {
+                    results[index] = Some(self.remember(command, meta, &prepared, &appended))
+                }
+                Err(AppendError::Conflict { .. } | AppendError::GuardChanged { .. }) => {
+                    retry.push(index)
+                }
+                Err(e) => results[index] = Some(Err(e.into())),
+            }
+        }
+        for index in retry {
+            if let Ok((command, meta)) = &items[index] {
+                results[index] = Some(self.execute(command, meta).await);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("batch item was not settled").into())))
+            .collect()
+    }
+
+    /// Turns an append outcome into the answer, or `None` to decide again.
+    async fn settle(
+        &self,
+        command: &Command,
+        meta: &CommandMeta,
+        prepared: &Prepared,
+        outcome: Result<Appended, AppendError>,
+        started: DateTime<Utc>,
+    ) -> Result<Option<Executed>, ApiError> {
+        match outcome {
+            Ok(appended) => self.remember(command, meta, prepared, &appended).map(Some),
+            Err(AppendError::Conflict { aggregate_id, .. }) => {
+                let current = self.lookup(aggregate_id, true, None).await?;
+                let current_version = current.as_ref().map_or(0, Cached::version);
+                if let Some(expected) = meta.if_match {
+                    if expected != current_version {
+                        return Err(ApiError::PreconditionFailed {
+                            current: current_version,
+                            expected,
+                        });
+                    }
+                }
+                // Every event the winner wrote predates this command: the
+                // decision was made on a stale cache, not lost in a race.
+                let stale_cache =
+                    prepared.base_from_memory && current.is_some_and(|c| c.last_at < started);
+                if stale_cache {
+                    Ok(None)
+                } else {
+                    metrics::counter!("commands_conflicts_total").increment(1);
+                    Err(AppendError::Conflict {
+                        aggregate_id,
+                        expected: prepared.request.expected_version,
+                        actual: current_version,
+                    }
+                    .into())
+                }
+            }
+            Err(AppendError::GuardChanged { aggregate_id, .. }) => {
+                self.cache.remove(aggregate_id);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn remember(
+        &self,
+        command: &Command,
+        meta: &CommandMeta,
+        prepared: &Prepared,
+        appended: &Appended,
+    ) -> Result<Executed, ApiError> {
+        let last_at = appended
+            .events
+            .last()
+            .map_or_else(Utc::now, |e| e.recorded_at);
+        let next = fold_onto(
+            prepared.base.as_ref(),
+            command,
+            &prepared.request.events,
+            meta,
+            last_at,
+        )?;
+        self.cache.put(prepared.request.aggregate_id, next);
+        Ok(Executed {
+            id: prepared.request.aggregate_id,
+            version: appended.version,
+            position: appended.position,
+            created: command.creates(),
+        })
+    }
+
+    async fn prepare(
+        &self,
+        command: &Command,
+        meta: &CommandMeta,
+        fresh: bool,
+        overlay: Option<&Overlay>,
+    ) -> Result<Step, ApiError> {
+        let (written_kind, written_id) = command.written();
+        let mut study = None;
+        let mut subject = None;
+        let mut observation = None;
+        let mut from_memory = false;
+        // The id of a created aggregate, when it may already exist.
+        let created = (command.creates() && !meta.server_made_id).then_some(written_id);
+        let fetch = |id: Uuid, kind: AggregateKind| {
+            self.typed(id, kind, created == Some(id), fresh, overlay)
+        };
+        match command {
+            Command::RegisterStudy(c) => {
+                if created.is_some() {
+                    (study, from_memory) = fetch(c.study_id, AggregateKind::Study).await?;
+                }
+            }
+            Command::AmendStudy(_) | Command::CloseStudy { .. } => {
+                (study, from_memory) = fetch(written_id, AggregateKind::Study).await?;
+            }
+            Command::RegisterSubject(c) => {
+                study = fetch(c.study_id, AggregateKind::Study).await?.0;
+                if created.is_some() {
+                    (subject, from_memory) = fetch(c.subject_id, AggregateKind::Subject).await?;
+                }
+            }
+            Command::WithdrawSubject { .. } => {
+                (subject, from_memory) = fetch(written_id, AggregateKind::Subject).await?;
+            }
+            Command::RecordObservation(c) => {
+                subject = fetch(c.subject_id, AggregateKind::Subject).await?.0;
+                if let Some(s) = &subject {
+                    study = fetch(s.state.study_id(), AggregateKind::Study).await?.0;
+                }
+                if created.is_some() {
+                    (observation, from_memory) =
+                        fetch(c.observation_id, AggregateKind::Observation).await?;
+                }
+            }
+            Command::CorrectObservation(_)
+            | Command::RetractObservation { .. }
+            | Command::SignObservation { .. } => {
+                (observation, from_memory) = fetch(written_id, AggregateKind::Observation).await?;
+                if let Some(o) = &observation {
+                    study = fetch(o.state.study_id(), AggregateKind::Study).await?.0;
+                }
+            }
+        }
+
+        let study_id = match command {
+            Command::RegisterStudy(c) => Some(c.study_id),
+            _ => study.as_ref().map(|s| s.state.study_id()),
+        };
+        if let Some(study_id) = study_id {
+            if !meta.principal.may_access_study(study_id) {
+                return Err(shared::problem::Problem::forbidden(
+                    "the token is not valid for this study",
+                )
+                .into());
+            }
+        }
+
+        let base = match written_kind {
+            AggregateKind::Study => study.clone(),
+            AggregateKind::Subject => subject.clone(),
+            AggregateKind::Observation => observation.clone(),
+        };
+        let current = base.as_ref().map_or(0, Cached::version);
+        if let Some(expected) = meta.if_match {
+            if expected > current && from_memory && !fresh {
+                return Ok(Step::Reload);
+            }
+            if expected != current {
+                return Err(ApiError::PreconditionFailed { current, expected });
+            }
+        }
+
+        let states = States {
+            study: study.as_ref().and_then(|c| as_study(&c.state)),
+            subject: subject.as_ref().and_then(|c| as_subject(&c.state)),
+            observation: observation.as_ref().and_then(|c| as_observation(&c.state)),
+        };
+        let events = decide(command, &meta.principal.id, states)?;
+
+        let mut guards = Vec::new();
+        let mut guard = |c: &Option<Cached>| {
+            if let Some(c) = c {
+                guards.push((id_of(&c.state), c.version()));
+            }
+        };
+        match command {
+            Command::RegisterSubject(_) => guard(&study),
+            Command::RecordObservation(_) => {
+                guard(&study);
+                guard(&subject);
+            }
+            Command::CorrectObservation(_) | Command::RetractObservation { .. } => guard(&study),
+            _ => {}
+        }
+        let claims = match command {
+            Command::RegisterStudy(c) => vec![Claim {
+                scope: "study code",
+                key: c.code.as_str().to_owned(),
+            }],
+            _ => Vec::new(),
+        };
+        let request = AppendRequest {
+            aggregate_kind: written_kind,
+            aggregate_id: written_id,
+            study_id: study_id.unwrap_or(written_id),
+            expected_version: current,
+            events,
+            guards,
+            claims,
+            actor: meta.principal.id.clone(),
+            reason: command.reason().map(str::to_owned),
+            correlation_id: meta.correlation_id.clone(),
+            causation_id: meta.causation_id.clone(),
+            idempotency: meta.idempotency.clone(),
+        };
+        Ok(Step::Ready(Box::new(Prepared {
+            request,
+            base,
+            base_from_memory: from_memory && !fresh,
+        })))
+    }
+
+    /// The state of `id` if it is an aggregate of `kind`. An id taken by
+    /// another kind is "not found" when addressed, and "already exists" when
+    /// a command wants to create it.
+    async fn typed(
+        &self,
+        id: Uuid,
+        kind: AggregateKind,
+        creating: bool,
+        fresh: bool,
+        overlay: Option<&Overlay>,
+    ) -> Result<(Option<Cached>, bool), ApiError> {
+        let from_memory = !fresh
+            && (overlay.is_some_and(|o| o.contains_key(&id)) || self.cache.get(id).is_some());
+        let found = self.lookup(id, fresh, overlay).await?;
+        match found {
+            Some(c) if c.state.kind() != kind => {
+                if creating {
+                    Err(DomainError::AlreadyExists { kind, id }.into())
+                } else {
+                    Ok((None, false))
+                }
+            }
+            other => Ok((other, from_memory)),
+        }
+    }
+
+    /// The state of one aggregate: from the batch overlay, then memory, then
+    /// its events in PostgreSQL.
+    async fn lookup(
+        &self,
+        id: Uuid,
+        fresh: bool,
+        overlay: Option<&Overlay>,
+    ) -> Result<Option<Cached>, ApiError> {
+        if let Some(c) = overlay.and_then(|o| o.get(&id)) {
+            return Ok(Some(c.clone()));
+        }
+        if !fresh {
+            if let Some(c) = self.cache.get(id) {
+                return Ok(Some(c));
+            }
+        }
+        metrics::counter!("command_state_loads_total").increment(1);
+        let events = self
+            .store
+            .load_stream(id)
+            .await
+            .context("loading a stream")?;
+        let mut state: Option<AggregateState> = None;
+        let mut last_at = None;
+        for stored in &events {
+            let event = stored
+                .domain_event()
+                .with_context(|| format!("decoding event at position {}", stored.position))?;
+            state = Some(
+                apply(state, &event, &stored.meta())
+                    .with_context(|| format!("applying event at position {}", stored.position))?,
+            );
+            last_at = Some(stored.recorded_at);
+        }
+        let Some(state) = state else {
+            self.cache.remove(id);
+            return Ok(None);
+        };
+        let cached = Cached {
+            state: Arc::new(state),
+            last_at: last_at.unwrap_or_else(Utc::now),
+        };
+        self.cache.put(id, cached.clone());
+        Ok(Some(cached))
+    }
+}
+
+fn stale(command: &Command) -> ApiError {
+    AppendError::Conflict {
+        aggregate_id: command.written().1,
+        expected: -1,
+        actual: -1,
+    }
+    .into()
+}
+
+fn fold_onto(
+    base: Option<&Cached>,
+    command: &Command,
+    events: &[DomainEvent],
+    meta: &CommandMeta,
+    at: DateTime<Utc>,
+) -> Result<Cached, ApiError> {
+    let mut state = base.map(|c| (*c.state).clone());
+    let event_meta = EventMeta {
+        actor: meta.principal.id.clone(),
+        recorded_at: at,
+        reason: command.reason().map(str::to_owned),
+    };
+    for event in events {
+        state = Some(apply(state, event, &event_meta).context("applying a decided event")?);
+    }
+    let state = state.ok_or_else(|| anyhow::anyhow!("a command decided no event"))?;
+    Ok(Cached {
+        state: Arc::new(state),
+        last_at: at,
+    })
+}
+
+fn id_of(state: &AggregateState) -> Uuid {
+    match state {
+        AggregateState::Study(s) => s.id,
+        AggregateState::Subject(s) => s.id,
+        AggregateState::Observation(s) => s.id,
+    }
+}
+
+fn as_study(state: &AggregateState) -> Option<&shared::domain::StudyState> {
+    match state {
+        AggregateState::Study(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn as_subject(state: &AggregateState) -> Option<&shared::domain::SubjectState> {
+    match state {
+        AggregateState::Subject(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn as_observation(state: &AggregateState) -> Option<&shared::domain::ObservationState> {
+    match state {
+        AggregateState::Observation(s) => Some(s),
+        _ => None,
+    }
+}

@@ -1,0 +1,635 @@
+//! The HTTP surface: routes, the single and batch command handlers, health,
+//! metrics, and the middleware every request passes (request id, tracing,
+//! metrics, timeout, panic guard).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use shared::auth::{Authenticator, HasAuthenticator, Principal, Role};
+use shared::problem::Problem;
+use shared::store::{command_answer_body, IdempotencyCompletion};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use crate::engine::{CommandMeta, Engine, Executed};
+use crate::error::ApiError;
+use crate::idempotency::{self, Claimed};
+use crate::input::{self, Kind};
+
+/// Largest accepted body.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Most commands in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("consistency-token");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+
+pub struct AppState {
+    pub engine: Engine,
+    pub auth: Authenticator,
+    pub nats: async_nats::Client,
+    pub request_timeout: Duration,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl HasAuthenticator for AppState {
+    fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+}
+
+type Shared = Arc<AppState>;
+
+pub fn router(state: Shared) -> Router {
+    let timeout = state.request_timeout;
+    Router::new()
+        .route("/v1/studies", post(register_study))
+        .route("/v1/studies/{id}/amendments", post(amend_study))
+        .route("/v1/studies/{id}/closure", post(close_study))
+        .route("/v1/studies/{id}/subjects", post(register_subject))
+        .route("/v1/subjects/{id}/withdrawal", post(withdraw_subject))
+        .route("/v1/subjects/{id}/observations", post(record_observation))
+        .route(
+            "/v1/observations/{id}/corrections",
+            post(correct_observation),
+        )
+        .route(
+            "/v1/observations/{id}/retraction",
+            post(retract_observation),
+        )
+        .route("/v1/observations/{id}/signatures", post(sign_observation))
+        .route("/v1/commands", post(batch))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { Problem::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(middleware::from_fn(move |req, next| {
+            with_timeout(timeout, req, next)
+        }))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(CatchPanicLayer::custom(|_| {
+            let correlation_id = Uuid::now_v7().to_string();
+            tracing::error!(correlation_id, "handler panicked");
+            Problem::internal(&correlation_id).into_response()
+        }))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |p| p.as_str())
+                .to_owned();
+            let request_id = req
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), route, request_id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn with_timeout(limit: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => Problem::unavailable(format!(
+            "the request took longer than {} s; with an Idempotency-Key it is safe to retry",
+            limit.as_secs()
+        ))
+        .into_response(),
+    }
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    metrics::histogram!(
+        "http_request_duration_seconds",
+        "route" => route,
+        "method" => method,
+        "status" => response.status().as_u16().to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn readyz(State(state): State<Shared>) -> Response {
+    let db = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(state.engine.store.pool()),
+    )
+    .await;
+    let db_ok = matches!(db, Ok(Ok(_)));
+    let nats_ok = state.nats.connection_state() == async_nats::connection::State::Connected;
+    let body = json!({"postgres": db_ok, "nats": nats_ok}).to_string();
+    let status = if db_ok && nats_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn metrics_text(State(state): State<Shared>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => Problem::not_found("metrics are not enabled in this process").into_response(),
+    }
+}
+
+macro_rules! command_route {
+    ($name:ident, $kind:expr, path) => {
+        async fn $name(
+            State(state): State<Shared>,
+            principal: Result<Principal, Problem>,
+            Path(id): Path<String>,
+            method: Method,
+            uri: axum::http::Uri,
+            headers: HeaderMap,
+            body: Body,
+        ) -> Response {
+            single(
+                &state,
+                principal,
+                $kind,
+                Some(id),
+                &method,
+                uri.path(),
+                &headers,
+                body,
+            )
+            .await
+        }
+    };
+    ($name:ident, $kind:expr) => {
+        async fn $name(
+            State(state): State<Shared>,
+            principal: Result<Principal, Problem>,
+            method: Method,
+            uri: axum::http::Uri,
+            headers: HeaderMap,
+            body: Body,
+        ) -> Response {
+            single(
+                &state,
+                principal,
+                $kind,
+                None,
+                &method,
+                uri.path(),
+                &headers,
+                body,
+            )
+            .await
+        }
+    };
+}
+
+command_route!(register_study, Kind::RegisterStudy);
+command_route!(amend_study, Kind::AmendStudy, path);
+command_route!(close_study, Kind::CloseStudy, path);
+command_route!(register_subject, Kind::RegisterSubject, path);
+command_route!(withdraw_subject, Kind::WithdrawSubject, path);
+command_route!(record_observation, Kind::RecordObservation, path);
+command_route!(correct_observation, Kind::CorrectObservation, path);
+command_route!(retract_observation, Kind::RetractObservation, path);
+command_route!(sign_observation, Kind::SignObservation, path);
+
+/// The role a command needs: signing needs `reviewer`, the rest `writer`.
+fn required_role(kind: Kind) -> Role {
+    if kind == Kind::SignObservation {
+        Role::Reviewer
+    } else {
+        Role::Writer
+    }
+}
+
+/// Reads the body, refusing more than [`MAX_BODY_BYTES`] with a `413`.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Problem> {
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Body too large",
+            format!("bodies are limited to {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            // `to_bytes` reports the limit as a `LengthLimitError` source.
+            let mut source: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(s) = source {
+                if s.to_string().contains("length limit exceeded") {
+                    return too_large();
+                }
+                source = s.source();
+            }
+            Problem::bad_request("the body could not be read")
+        })
+}
+
+fn parse_if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let raw = value.to_str().unwrap_or("").trim();
+    let digits = raw
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .unwrap_or(raw);
+    digits
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 0)
+        .map(Some)
+        .ok_or_else(|| Problem::bad_request("If-Match must be a version in quotes, such as \"3\""))
+}
+
+fn correlation_of(headers: &HeaderMap) -> (String, String) {
+    let request_id = headers
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()))
+        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
+    let correlation = headers
+        .get(&CORRELATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| request_id.clone(), str::to_owned);
+    (correlation, request_id)
+}
+
+/// A key the client sent, checked, or a `400`.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    match headers.get(&IDEMPOTENCY_KEY) {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(key) if idempotency::valid_key(key) => Ok(Some(key.to_owned())),
+            _ => Err(Problem::bad_request(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )),
+        },
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>, position: Option<i64>) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(position) = position {
+        headers.insert(CONSISTENCY_TOKEN, HeaderValue::from(position));
+    }
+    response
+}
+
+fn replay(status: u16, body: Vec<u8>) -> Response {
+    let position = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("position").and_then(Value::as_i64));
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json_response(status, body, position.filter(|_| status.is_success()));
+    response.headers_mut().insert(
+        HeaderName::from_static("idempotent-replayed"),
+        HeaderValue::from_static("true"),
+    );
+    response
+}
+
+/// Claims the key (when there is one), or answers for it.
+async fn claim_key(
+    state: &AppState,
+    principal: &Principal,
+    key: Option<&str>,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<(), Response> {
+    let Some(key) = key else { return Ok(()) };
+    let hash = idempotency::request_hash(method.as_str(), path, body);
+    let lease = state.request_timeout + Duration::from_secs(30);
+    match idempotency::claim(state.engine.store.pool(), &principal.id, key, &hash, lease).await {
+        Ok(Claimed::Fresh) => Ok(()),
+        Ok(Claimed::Replay { status, body }) => Err(replay(status, body)),
+        Ok(Claimed::Mismatch) => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            "this Idempotency-Key was used with a different request in the last 24 hours",
+        )
+        .into_response()),
+        Ok(Claimed::InFlight) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-in-flight",
+            "Request in flight",
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+        )
+        .retry_after(1)
+        .into_response()),
+        Err(e) => Err(ApiError::Internal(e).into_response()),
+    }
+}
+
+/// Stores a refusal as the key's answer, or releases the key after a fault.
+async fn settle_key(state: &AppState, principal: &Principal, key: &str, problem: &Problem) {
+    let pool = state.engine.store.pool();
+    let outcome = if problem.status.is_server_error() {
+        idempotency::release(pool, &principal.id, key).await
+    } else {
+        idempotency::complete(
+            pool,
+            &principal.id,
+            key,
+            problem.status.as_u16(),
+            problem.to_json().to_string().as_bytes(),
+        )
+        .await
+    };
+    if let Err(error) = outcome {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "could not settle an idempotency key"
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn single(
+    state: &AppState,
+    principal: Result<Principal, Problem>,
+    kind: Kind,
+    path_id: Option<String>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let principal = match principal {
+        Ok(p) => p,
+        Err(problem) => return problem.into_response(),
+    };
+    if let Err(problem) = principal.require(required_role(kind)) {
+        return problem.into_response();
+    }
+    let prepared = (|| async {
+        let target =
+            match path_id {
+                Some(raw) => Some(Uuid::parse_str(&raw).map_err(|_| {
+                    Problem::bad_request(format!("{raw:?} in the path is not a UUID"))
+                })?),
+                None => None,
+            };
+        let if_match = parse_if_match(headers)?;
+        let key = idempotency_key(headers)?;
+        let bytes = read_body(headers, body).await?;
+        Ok::<_, Problem>((target, if_match, key, bytes))
+    })()
+    .await;
+    let (target, if_match, key, bytes) = match prepared {
+        Ok(p) => p,
+        Err(problem) => return problem.into_response(),
+    };
+    if let Err(response) = claim_key(state, &principal, key.as_deref(), method, path, &bytes).await
+    {
+        return response;
+    }
+    let parsed = match input::parse_bytes(kind, target, &bytes) {
+        Ok(p) => p,
+        Err(problem) => {
+            if let Some(key) = &key {
+                settle_key(state, &principal, key, &problem).await;
+            }
+            return problem.into_response();
+        }
+    };
+    let (correlation_id, causation_id) = correlation_of(headers);
+    let status = if parsed.command.creates() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let meta = CommandMeta {
+        idempotency: key.as_ref().map(|key| IdempotencyCompletion {
+            principal: principal.id.clone(),
+            key: key.clone(),
+            status: status.as_u16(),
+        }),
+        principal,
+        if_match,
+        correlation_id,
+        causation_id,
+        server_made_id: parsed.server_made_id,
+    };
+    let outcome = state.engine.execute(&parsed.command, &meta).await;
+    metrics::counter!(
+        "commands_total",
+        "command" => parsed.command.name(),
+        "outcome" => if outcome.is_ok() { "ok" } else { "refused" }
+    )
+    .increment(1);
+    match outcome {
+        Ok(done) => {
+            let mut response = json_response(
+                status,
+                command_answer_body(done.id, done.version, done.position),
+                Some(done.position),
+            );
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", done.version)) {
+                response.headers_mut().insert(header::ETAG, etag);
+            }
+            response
+        }
+        Err(error) => {
+            let problem = error.to_problem();
+            if let Some(key) = &key {
+                settle_key(state, &meta.principal, key, &problem).await;
+            }
+            problem.into_response()
+        }
+    }
+}
+
+async fn batch(
+    State(state): State<Shared>,
+    principal: Result<Principal, Problem>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let principal = match principal {
+        Ok(p) => p,
+        Err(problem) => return problem.into_response(),
+    };
+    if !principal.has(Role::Writer) && !principal.has(Role::Reviewer) {
+        return Problem::forbidden("the batch endpoint needs the writer or reviewer role")
+            .into_response();
+    }
+    let prepared = async {
+        let key = idempotency_key(&headers)?;
+        let bytes = read_body(&headers, body).await?;
+        Ok::<_, Problem>((key, bytes))
+    }
+    .await;
+    let (key, bytes) = match prepared {
+        Ok(p) => p,
+        Err(problem) => return problem.into_response(),
+    };
+    if let Err(response) = claim_key(
+        &state,
+        &principal,
+        key.as_deref(),
+        &method,
+        uri.path(),
+        &bytes,
+    )
+    .await
+    {
+        return response;
+    }
+    let answer = run_batch(&state, &principal, &headers, &bytes).await;
+    let (status, body, position) = match answer {
+        Ok((body, position)) => (StatusCode::OK, body, position),
+        Err(problem) => (
+            problem.status,
+            problem.to_json().to_string().into_bytes(),
+            None,
+        ),
+    };
+    if let Some(key) = &key {
+        let pool = state.engine.store.pool();
+        let stored = if status.is_server_error() {
+            idempotency::release(pool, &principal.id, key).await
+        } else {
+            idempotency::complete(pool, &principal.id, key, status.as_u16(), &body).await
+        };
+        if let Err(error) = stored {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "could not settle an idempotency key"
+            );
+        }
+    }
+    json_response(status, body, position)
+}
+
+/// Runs a batch; answers the body of `{results}` and the highest position.
+async fn run_batch(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<(Vec<u8>, Option<i64>), Problem> {
+    let batch = input::parse_batch(bytes)?;
+    if batch.commands.len() > MAX_BATCH {
+        return Err(Problem::invalid(
+            format!("a batch holds at most {MAX_BATCH} commands"),
+            vec![shared::domain::FieldError::new(
+                "commands",
+                format!("{} commands given", batch.commands.len()),
+            )],
+        ));
+    }
+    metrics::histogram!("command_batch_size").record(batch.commands.len() as f64);
+    let (correlation_id, request_id) = correlation_of(headers);
+    let items: Vec<Result<_, ApiError>> = batch
+        .commands
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let parsed = input::parse_item(item)?;
+            let kind_role = if matches!(
+                parsed.command,
+                shared::domain::Command::SignObservation { .. }
+            ) {
+                Role::Reviewer
+            } else {
+                Role::Writer
+            };
+            principal.require(kind_role)?;
+            Ok((
+                parsed.command,
+                CommandMeta {
+                    principal: principal.clone(),
+                    if_match: None,
+                    correlation_id: correlation_id.clone(),
+                    causation_id: format!("{request_id}/{index}"),
+                    idempotency: None,
+                    server_made_id: parsed.server_made_id,
+                },
+            ))
+        })
+        .collect();
+    let creates: Vec<bool> = items
+        .iter()
+        .map(|i| i.as_ref().is_ok_and(|(c, _)| c.creates()))
+        .collect();
+    let outcomes = state.engine.execute_batch(items).await;
+    let mut highest = None;
+    let results: Vec<Value> = outcomes
+        .into_iter()
+        .zip(creates)
+        .map(|(outcome, creates)| match outcome {
+            Ok(Executed {
+                id,
+                version,
+                position,
+                ..
+            }) => {
+                highest = highest.max(Some(position));
+                let status = if creates { 201 } else { 200 };
+                json!({"status": status, "id": id, "version": version, "position": position})
+            }
+            Err(error) => {
+                let problem = error.to_problem();
+                json!({"status": problem.status.as_u16(), "problem": problem.to_json()})
+            }
+        })
+        .collect();
+    Ok((
+        json!({ "results": results }).to_string().into_bytes(),
+        highest,
+    ))
+}

@@ -1,0 +1,137 @@
+//! Durable `Idempotency-Key` handling, scoped to the principal: a key is
+//! claimed before the command runs, and completed with the answer (in the
+//! append transaction for single commands, so a committed command and its
+//! stored answer cannot part). A crashed holder's claim lapses after a lease.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+/// How long an answer is replayed.
+pub const RETENTION: &str = "24 hours";
+
+pub enum Claimed {
+    /// The key is ours: run the command.
+    Fresh,
+    /// The first answer, to send again byte for byte.
+    Replay { status: u16, body: Vec<u8> },
+    /// The key was used with another request.
+    Mismatch,
+    /// The first request with this key is still running.
+    InFlight,
+}
+
+/// Checks a client's key: 1 to 255 visible ASCII characters.
+pub fn valid_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Fingerprint of a request: method, path and body bytes.
+pub fn request_hash(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(method.as_bytes());
+    h.update([0]);
+    h.update(path.as_bytes());
+    h.update([0]);
+    h.update(body);
+    h.finalize().to_vec()
+}
+
+pub async fn claim(
+    pool: &PgPool,
+    principal: &str,
+    key: &str,
+    hash: &[u8],
+    lease: Duration,
+) -> anyhow::Result<Claimed> {
+    for _ in 0..3 {
+        let won: Option<bool> = sqlx::query_scalar(
+            "INSERT INTO idempotency_keys (principal, key, request_hash, lease_until) \
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4)) \
+             ON CONFLICT (principal, key) DO UPDATE \
+               SET request_hash = EXCLUDED.request_hash, status = NULL, body = NULL, \
+                   created_at = now(), lease_until = EXCLUDED.lease_until \
+               WHERE idempotency_keys.created_at < now() - interval '24 hours' \
+                  OR (idempotency_keys.status IS NULL AND idempotency_keys.lease_until < now() \
+                      AND idempotency_keys.request_hash = EXCLUDED.request_hash) \
+             RETURNING true",
+        )
+        .bind(principal)
+        .bind(key)
+        .bind(hash)
+        .bind(lease.as_secs_f64())
+        .fetch_optional(pool)
+        .await
+        .context("claiming an idempotency key")?;
+        if won.is_some() {
+            return Ok(Claimed::Fresh);
+        }
+        let row: Option<(Vec<u8>, Option<i16>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT request_hash, status, body FROM idempotency_keys WHERE principal = $1 AND key = $2",
+        )
+        .bind(principal)
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+        .context("reading an idempotency key")?;
+        match row {
+            // Released between the two statements: try to claim it again.
+            None => continue,
+            Some((stored, _, _)) if stored != hash => return Ok(Claimed::Mismatch),
+            Some((_, Some(status), Some(body))) => {
+                return Ok(Claimed::Replay {
+                    status: u16::try_from(status).unwrap_or(500),
+                    body,
+                })
+            }
+            Some(_) => return Ok(Claimed::InFlight),
+        }
+    }
+    Ok(Claimed::InFlight)
+}
+
+/// Stores the answer of a command that did not append (a refusal).
+pub async fn complete(
+    pool: &PgPool,
+    principal: &str,
+    key: &str,
+    status: u16,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE idempotency_keys SET status = $3, body = $4 WHERE principal = $1 AND key = $2",
+    )
+    .bind(principal)
+    .bind(key)
+    .bind(i16::try_from(status).unwrap_or(500))
+    .bind(body)
+    .execute(pool)
+    .await
+    .context("completing an idempotency key")?;
+    Ok(())
+}
+
+/// Forgets a claim after a fault, so that a retry runs the command again.
+pub async fn release(pool: &PgPool, principal: &str, key: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND status IS NULL",
+    )
+    .bind(principal)
+    .bind(key)
+    .execute(pool)
+    .await
+    .context("releasing an idempotency key")?;
+    Ok(())
+}
+
+/// Deletes answers older than the retention; run periodically.
+pub async fn purge_expired(pool: &PgPool) -> anyhow::Result<u64> {
+    let done =
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
+            .execute(pool)
+            .await
+            .context("purging expired idempotency keys")?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,223 @@
+//! The command API: validates commands, appends their events to the event
+//! store in PostgreSQL and publishes them to NATS JetStream.
+//!
+//! Layout:
+//! - [`config`]: flags and environment;
+//! - [`http`]: routes, handlers and middleware;
+//! - [`input`]: request bodies into domain commands;
+//! - [`engine`]: load state, decide, append, retry;
+//! - [`cache`]: aggregate states kept in memory;
+//! - [`idempotency`]: durable `Idempotency-Key` answers;
+//! - [`publisher`]: the outbox that publishes committed events;
+//! - [`error`]: `ApiError` and its problem details.
+
+pub mod cache;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod idempotency;
+pub mod input;
+pub mod publisher;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use shared::auth::Authenticator;
+use shared::store::{AppenderConfig, EventStore};
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::http::AppState;
+use crate::publisher::PublisherConfig;
+
+/// A started command API: its state and background tasks, ready to serve.
+pub struct App {
+    pub state: Arc<AppState>,
+    appender: JoinHandle<()>,
+    publisher: JoinHandle<()>,
+    housekeeping: JoinHandle<()>,
+    stop_background: CancellationToken,
+}
+
+/// Installs the Prometheus recorder once per process.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .clone()
+}
+
+impl App {
+    /// Connects to PostgreSQL and NATS, applies migrations, makes sure the
+    /// stream exists and starts the appender and the publisher.
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.db_pool)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&config.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to PostgreSQL at {}",
+                    redact(&config.database_url)
+                )
+            })?;
+        shared::MIGRATOR
+            .run(&pool)
+            .await
+            .context("applying migrations")?;
+        let nats = async_nats::ConnectOptions::new()
+            .name("command-api")
+            .retry_on_initial_connect()
+            .connect(&config.nats_url)
+            .await
+            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+        let js = async_nats::jetstream::new(nats.clone());
+        let publisher_config = PublisherConfig {
+            stream: config.nats_stream.clone(),
+            subject_prefix: config.nats_subject_prefix.clone(),
+            duplicate_window: Duration::from_secs(120),
+        };
+        publisher::ensure_stream(&js, &publisher_config).await?;
+
+        let (store, appender) = EventStore::start(
+            pool.clone(),
+            AppenderConfig {
+                max_batch: config.max_append_batch,
+            },
+        );
+        let stop_background = CancellationToken::new();
+        let publisher = tokio::spawn(publisher::run(
+            pool.clone(),
+            js,
+            publisher_config,
+            store.committed(),
+            stop_background.clone(),
+        ));
+        let housekeeping = tokio::spawn(purge_idempotency_keys(
+            pool.clone(),
+            stop_background.clone(),
+        ));
+        let state = Arc::new(AppState {
+            engine: Engine::new(store, config.state_cache),
+            auth: Authenticator::new(
+                config.jwt_secret.as_bytes(),
+                config.jwt_issuer.as_deref(),
+                config.jwt_audience.as_deref(),
+            ),
+            nats,
+            request_timeout: config.request_timeout,
+            metrics: install_metrics(),
+        });
+        Ok(Self {
+            state,
+            appender,
+            publisher,
+            housekeeping,
+            stop_background,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, lets in-flight commands finish,
+    /// then drains the appender and the publisher.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let router = http::router(self.state.clone());
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, "command-api listening");
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")?;
+        tracing::info!("no more requests; finishing appends and publishing");
+        let Self {
+            state,
+            appender,
+            publisher,
+            housekeeping,
+            stop_background,
+        } = self;
+        // The appender ends once every handle to the store is gone.
+        drop(state);
+        let _ = tokio::time::timeout(Duration::from_secs(10), appender).await;
+        stop_background.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
+        let _ = housekeeping.await;
+        tracing::info!("command-api stopped");
+        Ok(())
+    }
+}
+
+async fn purge_idempotency_keys(pool: sqlx::PgPool, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        match idempotency::purge_expired(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "expired idempotency keys deleted"),
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "purging idempotency keys failed"
+            ),
+        }
+    }
+}
+
+/// The URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,234 @@
+//! The outbox publisher: every committed event goes to JetStream, in
+//! position order, exactly once.
+//!
+//! The events table is the outbox: positions are gap-free, so "what is left
+//! to publish" is every position above the last one JetStream holds. One
+//! process at a time publishes (a session advisory lock elects it). Each
+//! message carries `Nats-Msg-Id` = event id and `Nats-Expected-Last-Msg-Id`
+//! = the previous event's id, so JetStream refuses a message that would
+//! skip or repeat one; after any failure the publisher reads the stream's
+//! last message and resumes after it.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, context::Publish, stream};
+use shared::envelope::StoredEvent;
+use shared::store::EventStore;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Advisory lock key held by the publishing process (`'publish!'`).
+pub const PUBLISH_LOCK_KEY: i64 = 0x7075_626c_6973_6821;
+
+/// Header carrying the global position of the event in the message.
+pub const POSITION_HEADER: &str = "Research-Position";
+
+const BATCH: i64 = 512;
+
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    pub stream: String,
+    pub subject_prefix: String,
+    pub duplicate_window: Duration,
+}
+
+/// Creates the stream, or brings its configuration up to date.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    config: &PublisherConfig,
+) -> anyhow::Result<()> {
+    js.create_or_update_stream(stream::Config {
+        name: config.stream.clone(),
+        subjects: vec![format!("{}.>", config.subject_prefix)],
+        storage: stream::StorageType::File,
+        duplicate_window: config.duplicate_window,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("creating or updating JetStream stream {}", config.stream))?;
+    Ok(())
+}
+
+pub fn subject_of(prefix: &str, event: &StoredEvent) -> String {
+    format!("{prefix}.{}.{}", event.aggregate_type, event.aggregate_id)
+}
+
+/// Runs until `shutdown`, then publishes what is already committed (for a
+/// few seconds at most) and returns.
+pub async fn run(
+    pool: PgPool,
+    js: jetstream::Context,
+    config: PublisherConfig,
+    mut committed: watch::Receiver<i64>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let leader = tokio::select! {
+            leader = become_leader(&pool) => leader,
+            () = shutdown.cancelled() => return,
+        };
+        let conn = match leader {
+            Ok(Some(conn)) => conn,
+            Ok(None) => {
+                // Another process publishes; stand by.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "publisher cannot reach PostgreSQL; retrying"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        tracing::info!(stream = config.stream, "publishing events to JetStream");
+        match publish(&pool, &js, &config, &mut committed, &shutdown).await {
+            Ok(()) => {
+                drop(conn);
+                return;
+            }
+            Err(error) => {
+                metrics::counter!("outbox_publish_failures_total").increment(1);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "publishing failed; resuming from the stream's tail"
+                );
+                drop(conn);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Takes the publishing lock on a connection of its own; dropping the
+/// connection closes it, which releases the lock.
+async fn become_leader(pool: &PgPool) -> anyhow::Result<Option<sqlx::PgConnection>> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("acquiring a connection")?
+        .detach();
+    let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(PUBLISH_LOCK_KEY)
+        .fetch_one(&mut conn)
+        .await
+        .context("taking the publishing lock")?;
+    Ok(won.then_some(conn))
+}
+
+/// The position and id of the newest message in the stream, if any.
+async fn stream_tail(js: &jetstream::Context, name: &str) -> anyhow::Result<Option<(i64, String)>> {
+    let stream = js.get_stream(name).await.context("looking up the stream")?;
+    let info = stream.get_info().await.context("reading stream info")?;
+    if info.state.messages == 0 {
+        return Ok(None);
+    }
+    let message = match stream.get_raw_message(info.state.last_sequence).await {
+        Ok(m) => m,
+        // The newest message was deleted: no tail to chain on.
+        Err(_) => return Ok(None),
+    };
+    let position = message
+        .headers
+        .get(POSITION_HEADER)
+        .and_then(|v| v.as_str().parse::<i64>().ok());
+    let id = message
+        .headers
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .map(|v| v.as_str().to_owned());
+    Ok(position.zip(id))
+}
+
+async fn publish(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    config: &PublisherConfig,
+    committed: &mut watch::Receiver<i64>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let checkpoint: i64 = sqlx::query_scalar("SELECT position FROM outbox_checkpoint")
+        .fetch_one(pool)
+        .await
+        .context("reading the outbox checkpoint")?;
+    let (mut last_position, mut last_id) = match stream_tail(js, &config.stream).await? {
+        Some((position, id)) => (position, Some(id)),
+        // An empty (new or purged) stream: resume after the checkpoint.
+        None => (checkpoint, None),
+    };
+    let mut drain_deadline = None;
+    loop {
+        let batch = EventStore::read_after(pool, last_position, BATCH)
+            .await
+            .context("reading events to publish")?;
+        if batch.is_empty() {
+            if drain_deadline.is_some() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = committed.changed() => {}
+                // Other processes commit too; look now and then.
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = shutdown.cancelled() => {
+                    drain_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+                }
+            }
+            continue;
+        }
+        if drain_deadline.is_none() && shutdown.is_cancelled() {
+            drain_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+        }
+        if drain_deadline.is_some_and(|d| tokio::time::Instant::now() > d) {
+            tracing::warn!(
+                last_position,
+                "shutdown: leaving the rest to the next publisher"
+            );
+            return Ok(());
+        }
+        let mut acks = Vec::with_capacity(batch.len());
+        for event in &batch {
+            let id = event.event_id.to_string();
+            let mut message = Publish::build()
+                .payload(event.to_cloud_event().into())
+                .message_id(&id)
+                .header(POSITION_HEADER, event.position.to_string().as_str());
+            if let Some(previous) = &last_id {
+                message = message.expected_last_message_id(previous);
+            }
+            let ack = js
+                .send_publish(subject_of(&config.subject_prefix, event), message)
+                .await
+                .with_context(|| format!("publishing position {}", event.position))?;
+            acks.push((event.position, ack));
+            last_id = Some(id);
+        }
+        for (position, ack) in acks {
+            ack.await
+                .with_context(|| format!("JetStream refused position {position}"))?;
+        }
+        last_position = batch.last().map_or(last_position, |e| e.position);
+        sqlx::query("UPDATE outbox_checkpoint SET position = $1 WHERE position < $1")
+            .bind(last_position)
+            .execute(pool)
+            .await
+            .context("saving the outbox checkpoint")?;
+        metrics::gauge!("outbox_published_position").set(last_position as f64);
+        let head = (*committed.borrow()).max(last_position);
+        metrics::gauge!("outbox_backlog_events").set((head - last_position) as f64);
+    }
+}

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Brings up the infrastructure the services need on a Debian machine:
+# PostgreSQL 15 on 5432 (primary), a hot standby of it on 5433 (streaming
+# replication), Redis on 6379 and NATS with JetStream on 4222.
+#
+# What already runs is used as it is; what is installed but stopped is
+# started; what is missing is installed with apt-get. Running it twice
+# changes nothing. Settings (with defaults): PG_PORT=5432, REPLICA_PORT=5433,
+# REPLICA_DIR=/var/lib/postgresql/<major>/replica, DB_USER=research,
+# DB_PASSWORD=research, DB_NAME=research, REDIS_PORT=6379, NATS_PORT=4222.
+set -euo pipefail
+
+PG_PORT=${PG_PORT:-5432}
+REPLICA_PORT=${REPLICA_PORT:-5433}
+DB_USER=${DB_USER:-research}
+DB_PASSWORD=${DB_PASSWORD:-research}
+DB_NAME=${DB_NAME:-research}
+REDIS_PORT=${REDIS_PORT:-6379}
+NATS_PORT=${NATS_PORT:-4222}
+
+say() { printf '[infra] %s\n' "$*"; }
+die() { printf '[infra] error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+as_postgres() {
+    if [ "$(id -un)" = postgres ]; then "$@"; else as_root runuser -u postgres -- "$@"; fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+    local port=$1 what=$2
+    for _ in $(seq 1 60); do
+        port_open "$port" && return 0
+        sleep 0.5
+    done
+    die "$what did not come up on port $port"
+}
+
+apt_updated=0
+ensure_package() {
+    local command=$1 package=$2
+    if command -v "$command" >/dev/null 2>&1 || [ -x "$command" ]; then return 0; fi
+    say "installing $package"
+    if [ $apt_updated -eq 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
+}
+
+# --- PostgreSQL primary -------------------------------------------------
+ensure_package pg_ctlcluster postgresql
+ensure_package pg_basebackup postgresql-client
+PG_MAJOR=$(ls /usr/lib/postgresql | sort -n | tail -1)
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+REPLICA_DIR=${REPLICA_DIR:-/var/lib/postgresql/$PG_MAJOR/replica}
+
+if port_open "$PG_PORT"; then
+    say "PostgreSQL already runs on $PG_PORT"
+else
+    if ! ls /etc/postgresql/"$PG_MAJOR"/main >/dev/null 2>&1; then
+        say "creating PostgreSQL cluster $PG_MAJOR/main"
+        as_root pg_createcluster "$PG_MAJOR" main -p "$PG_PORT"
+    fi
+    say "starting PostgreSQL $PG_MAJOR/main"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$PG_MAJOR" main start
+    wait_port "$PG_PORT" PostgreSQL
+fi
+
+psql_admin() {
+    # Trust on 127.0.0.1 where configured, else peer auth as the postgres user.
+    if psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1; then
+        psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -Atq "$@"
+    else
+        as_postgres psql -p "$PG_PORT" -d postgres -v ON_ERROR_STOP=1 -Atq "$@"
+    fi
+}
+
+if [ "$(psql_admin -c "SELECT count(*) FROM pg_roles WHERE rolname = '$DB_USER'")" = 0 ]; then
+    say "creating role $DB_USER"
+    psql_admin -c "CREATE ROLE $DB_USER LOGIN CREATEDB REPLICATION PASSWORD '$DB_PASSWORD'"
+fi
+if [ "$(psql_admin -c "SELECT count(*) FROM pg_database WHERE datname = '$DB_NAME'")" = 0 ]; then
+    say "creating database $DB_NAME"
+    psql_admin -c "CREATE DATABASE $DB_NAME OWNER $DB_USER"
+fi
+
+# Streaming replication from 127.0.0.1 for the standby.
+HBA=$(psql_admin -c 'SHOW hba_file')
+if ! as_root grep -Eq "^host[[:space:]]+replication[[:space:]]+($DB_USER|all)[[:space:]]+127\.0\.0\.1/32" "$HBA"; then
+    say "allowing replication connections from 127.0.0.1 in $HBA"
+    echo "host replication $DB_USER 127.0.0.1/32 scram-sha-256" | as_root tee -a "$HBA" >/dev/null
+    psql_admin -c 'SELECT pg_reload_conf()' >/dev/null
+fi
+
+# --- PostgreSQL hot standby ---------------------------------------------
+standby_ok() {
+    [ "$(PGPASSWORD=$DB_PASSWORD psql -h 127.0.0.1 -p "$REPLICA_PORT" -U "$DB_USER" -d postgres -Atqc \
+        'SELECT pg_is_in_recovery()' 2>/dev/null)" = t ]
+}
+
+if port_open "$REPLICA_PORT"; then
+    standby_ok || die "port $REPLICA_PORT is taken by something that is not a hot standby"
+    say "hot standby already runs on $REPLICA_PORT"
+else
+    if ! as_root test -f "$REPLICA_DIR/standby.signal"; then
+        say "creating a hot standby in $REPLICA_DIR (pg_basebackup, streaming replication)"
+        as_root rm -rf "$REPLICA_DIR"
+        as_root install -d -o postgres -g postgres -m 700 "$REPLICA_DIR"
+        slot_exists=$(psql_admin -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'standby_$REPLICA_PORT'")
+        slot_args=(-S "standby_$REPLICA_PORT")
+        [ "$slot_exists" = 0 ] && slot_args+=(-C)
+        as_postgres env PGPASSWORD="$DB_PASSWORD" "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" \
+            -D "$REPLICA_DIR" -R -X stream -c fast "${slot_args[@]}"
+        # Debian keeps configuration outside the data directory: give the
+        # standby its own.
+        as_postgres tee "$REPLICA_DIR/postgresql.conf" >/dev/null <<CONF
+port = $REPLICA_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '/var/run/postgresql'
+hot_standby = on
+hot_standby_feedback = on
+max_connections = 200
+shared_buffers = 256MB
+logging_collector = off
+CONF
+        as_postgres tee "$REPLICA_DIR/pg_hba.conf" >/dev/null <<CONF
+local all all peer
+host all all 127.0.0.1/32 scram-sha-256
+host all postgres 127.0.0.1/32 trust
+CONF
+        as_postgres touch "$REPLICA_DIR/pg_ident.conf"
+    fi
+    say "starting the hot standby on $REPLICA_PORT"
+    as_postgres "$PG_BIN/pg_ctl" -D "$REPLICA_DIR" -l "$REPLICA_DIR/standby.log" -w start >/dev/null
+    wait_port "$REPLICA_PORT" "hot standby"
+    standby_ok || die "the server on $REPLICA_PORT is not in recovery; see $REPLICA_DIR/standby.log"
+fi
+
+# --- Redis --------------------------------------------------------------
+ensure_package redis-server redis-server
+if redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    say "Redis already runs on $REDIS_PORT"
+else
+    say "starting Redis on $REDIS_PORT"
+    as_root install -d -o "$(id -un)" /var/lib/redis /var/log/redis 2>/dev/null || true
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/research.log
+    wait_port "$REDIS_PORT" Redis
+fi
+
+# --- NATS with JetStream ------------------------------------------------
+ensure_package nats-server nats-server
+if port_open "$NATS_PORT"; then
+    say "NATS already runs on $NATS_PORT"
+else
+    say "starting NATS with JetStream on $NATS_PORT"
+    as_root install -d /var/lib/nats-server
+    as_root start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- \
+        -a 127.0.0.1 -p "$NATS_PORT" -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+    wait_port "$NATS_PORT" NATS
+fi
+
+say "ready: postgres 127.0.0.1:$PG_PORT (standby :$REPLICA_PORT), redis :$REDIS_PORT, nats :$NATS_PORT"
