@@ -1,1 +1,351 @@
-//! placeholder
+//! Helpers for the integration tests: each test gets its own PostgreSQL
+//! database, its own JetStream stream and subject prefix, and services bound
+//! to port 0, all against the real servers (see `TEST_*` variables below).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use command_api::config::Config;
+use command_api::App;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use shared::auth::{claims_for, mint, Role};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub const SECRET: &str = "integration-test-secret";
+
+/// Server for throw-away databases; the role needs CREATEDB.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://research:research@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A database of its own, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let name = format!("t_{}", Uuid::new_v4().simple());
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url())
+            .await
+            .expect("connecting to the test PostgreSQL server (is scripts/infra.sh done?)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("creating a test database");
+        admin.close().await;
+        let base = admin_url();
+        let url = format!(
+            "{}/{name}",
+            &base[..base.rfind('/').expect("a URL with a database")]
+        );
+        Self { name, url }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&self.url)
+            .await
+            .expect("connecting to the test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context guarantees: use a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(admin) = PgPoolOptions::new()
+                        .max_connections(1)
+                        .connect(&admin_url())
+                        .await
+                    {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&admin)
+                                .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// A JetStream stream and subject prefix of its own, deleted at the end.
+pub struct TestStream {
+    pub name: String,
+    pub prefix: String,
+}
+
+impl TestStream {
+    pub fn new() -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        Self {
+            name: format!("T_{id}"),
+            prefix: format!("t{id}"),
+        }
+    }
+
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("connecting to NATS");
+        async_nats::jetstream::new(client)
+    }
+}
+
+impl Default for TestStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestStream {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    if let Ok(client) = async_nats::connect(nats_url()).await {
+                        let _ = async_nats::jetstream::new(client)
+                            .delete_stream(&name)
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+pub fn command_config(db: &TestDb, stream: &TestStream) -> Config {
+    Config {
+        addr: "127.0.0.1:0".parse().expect("a literal address"),
+        database_url: db.url.clone(),
+        db_pool: 8,
+        nats_url: nats_url(),
+        nats_stream: stream.name.clone(),
+        nats_subject_prefix: stream.prefix.clone(),
+        jwt_secret: SECRET.to_owned(),
+        jwt_issuer: None,
+        jwt_audience: None,
+        request_timeout: Duration::from_secs(30),
+        state_cache: 10_000,
+        max_append_batch: 2000,
+    }
+}
+
+/// A command API serving on an ephemeral port inside the test process.
+pub struct CommandApi {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl CommandApi {
+    pub async fn spawn(config: &Config) -> Self {
+        let app = App::start(config).await.expect("starting the command API");
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .expect("binding port 0");
+        let addr = listener.local_addr().expect("a bound address");
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops gracefully: in-flight commands finish, the outbox drains.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Answer {
+        self.post_with(path, token, body, &[]).await
+    }
+
+    pub async fn post_with(
+        &self,
+        path: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = self.http.post(self.url(path)).bearer_auth(token).json(body);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        Answer::from(request.send().await.expect("the command API answers")).await
+    }
+
+    pub async fn post_raw(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Answer {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Answer::from(request.send().await.expect("the command API answers")).await
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub bytes: Vec<u8>,
+}
+
+impl Answer {
+    pub async fn from(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        Self {
+            status,
+            headers,
+            bytes,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an RFC 9457 problem with `status` and returns it.
+    pub fn problem(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.bytes)
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let p = self.json();
+        assert_eq!(p["status"], status);
+        assert!(p["type"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
+        assert!(p["title"].is_string() && p["detail"].is_string(), "{p}");
+        p
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.json()["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("an id in the answer")
+    }
+}
+
+pub fn token(sub: &str, roles: &[Role]) -> String {
+    mint(SECRET.as_bytes(), &claims_for(sub, roles, 3600))
+}
+
+/// Polls `check` until it yields `Some`, or fails the test after `timeout`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads every message of a stream: (position header, message id, payload).
+pub async fn read_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> anyhow::Result<Vec<(i64, String, Value)>> {
+    let stream = js.get_stream(name).await.context("getting the stream")?;
+    let info = stream.get_info().await.context("stream info")?;
+    let mut out = Vec::new();
+    if info.state.messages == 0 {
+        return Ok(out);
+    }
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let position = m
+            .headers
+            .get(command_api::publisher::POSITION_HEADER)
+            .and_then(|v| v.as_str().parse().ok())
+            .context("a position header")?;
+        let id = m
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_owned())
+            .context("a message id")?;
+        out.push((position, id, serde_json::from_slice(&m.payload)?));
+    }
+    Ok(out)
+}
+
+/// The penguin study definition and rows, from the repository's data.
+pub fn penguins() -> Vec<benches::datasets::StudyData> {
+    benches::datasets::penguins(&benches::datasets::data_dir().join("penguins_raw.csv"))
+        .expect("reading penguins")
+}

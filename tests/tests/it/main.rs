@@ -1,0 +1,9 @@
+//! Integration tests of the write side against real PostgreSQL and NATS
+//! JetStream: one binary, one module per concern.
+
+mod commands;
+mod concurrency;
+mod env;
+mod input;
+mod publishing;
+mod store;

@@ -1,0 +1,237 @@
+//! Every committed event reaches JetStream exactly once and in position
+//! order, also when the command API is killed in the middle of a load.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shared::envelope::StoredEvent;
+use shared::store::EventStore;
+use tests::{command_config, read_stream, wait_until, TestDb, TestStream, SECRET};
+use tokio::process::{Child, Command};
+
+use crate::env::{first_row, Env};
+
+/// Waits until the stream holds `n` messages and returns them.
+async fn published(stream: &TestStream, n: usize) -> Vec<(i64, String, Value)> {
+    let js = stream.jetstream().await;
+    wait_until(Duration::from_secs(30), "every event in JetStream", || {
+        let js = js.clone();
+        async move {
+            let messages = read_stream(&js, &stream.name).await.ok()?;
+            (messages.len() >= n).then_some(messages)
+        }
+    })
+    .await
+}
+
+/// Every stored event appears once, in position order, as its CloudEvent.
+fn assert_exactly_once_in_order(events: &[StoredEvent], messages: &[(i64, String, Value)]) {
+    let ids: Vec<&str> = messages.iter().map(|(_, id, _)| id.as_str()).collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "no message id appears twice");
+    assert_eq!(
+        messages.len(),
+        events.len(),
+        "every committed event is published"
+    );
+    for (event, (position, id, payload)) in events.iter().zip(messages) {
+        assert_eq!(*position, event.position, "stream order is position order");
+        assert_eq!(*id, event.event_id.to_string());
+        assert_eq!(payload["id"], event.event_id.to_string());
+        assert_eq!(payload["position"], event.position);
+        assert_eq!(payload["hash"], hex::encode(event.hash));
+    }
+}
+
+#[tokio::test]
+async fn committed_events_are_published_as_cloud_events_once_in_order() {
+    let env = Env::start().await;
+    let (study, subject, observation) = env.recorded().await;
+    let answer = env
+        .api
+        .post(
+            &format!("/v1/observations/{observation}/retraction"),
+            &env.writer,
+            &json!({"reason": "wrong nest"}),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    let events = EventStore::read_after(&env.db.pool().await, 0, 100)
+        .await
+        .unwrap();
+    let messages = published(&env.stream, events.len()).await;
+    assert_exactly_once_in_order(&events, &messages);
+    let retraction = &messages[3].2;
+    assert_eq!(retraction["specversion"], "1.0");
+    assert_eq!(retraction["type"], "research.observation.retracted.v1");
+    assert_eq!(retraction["source"], format!("/studies/{study}"));
+    assert_eq!(retraction["subject"], observation.to_string());
+    assert_eq!(retraction["streamversion"], 2);
+    assert_eq!(retraction["reason"], "wrong nest");
+    assert_eq!(retraction["actor"], "alice");
+    let parsed = StoredEvent::from_cloud_event(&retraction.to_string()).unwrap();
+    assert_eq!(parsed, events[3], "the published event is the stored one");
+    let _ = subject;
+}
+
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --bins), as scripts/test.sh does",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn start_process(db: &TestDb, stream: &TestStream, port: u16) -> Child {
+    let config = command_config(db, stream);
+    let child = Command::new(binary("command-api"))
+        .env("COMMAND_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", &config.database_url)
+        .env("NATS_URL", &config.nats_url)
+        .env("NATS_STREAM", &config.nats_stream)
+        .env("NATS_SUBJECT_PREFIX", &config.nats_subject_prefix)
+        .env("JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the command-api binary");
+    let http = reqwest::Client::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the command API to be ready",
+        || {
+            let http = http.clone();
+            async move {
+                let r = http
+                    .get(format!("http://127.0.0.1:{port}/readyz"))
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            }
+        },
+    )
+    .await;
+    child
+}
+
+#[tokio::test]
+async fn a_killed_command_api_publishes_every_committed_event_exactly_once_after_restart() {
+    let db = TestDb::create().await;
+    let stream = TestStream::new();
+    let port = free_port();
+    let mut child = start_process(&db, &stream, port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let writer = tests::token("alice", &[shared::auth::Role::Writer]);
+
+    let study = &tests::penguins()[0];
+    let r: Value = http
+        .post(format!("{base}/v1/studies"))
+        .bearer_auth(&writer)
+        .json(&study.register_body())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let study_id = r["id"].as_str().unwrap().to_owned();
+    let r: Value = http
+        .post(format!("{base}/v1/studies/{study_id}/subjects"))
+        .bearer_auth(&writer)
+        .json(&json!({"label": "N1A1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let subject = r["id"].as_str().unwrap().to_owned();
+
+    // Load from 16 clients, and kill -9 in the middle of it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (http, writer, stop, accepted, acknowledged) = (
+                http.clone(),
+                writer.clone(),
+                stop.clone(),
+                accepted.clone(),
+                acknowledged.clone(),
+            );
+            let url = format!("{base}/v1/subjects/{subject}/observations");
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(r) = http
+                        .post(&url)
+                        .bearer_auth(&writer)
+                        .json(&first_row())
+                        .send()
+                        .await
+                    else {
+                        break;
+                    };
+                    if r.status() == 201 {
+                        if let Ok(v) = r.json::<Value>().await {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                            acknowledged
+                                .lock()
+                                .unwrap()
+                                .push(v["position"].as_i64().unwrap());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(30), "some load", || {
+        let n = accepted.load(Ordering::Relaxed);
+        async move { (n >= 300).then_some(()) }
+    })
+    .await;
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    let mut restarted = start_process(&db, &stream, port).await;
+    let pool = db.pool().await;
+    let events = EventStore::read_after(&pool, 0, 100_000).await.unwrap();
+    let committed: HashSet<i64> = events.iter().map(|e| e.position).collect();
+    for position in acknowledged.lock().unwrap().iter() {
+        assert!(
+            committed.contains(position),
+            "acknowledged position {position} is stored"
+        );
+    }
+    let messages = published(&stream, events.len()).await;
+    assert_exactly_once_in_order(&events, &messages);
+    restarted.start_kill().unwrap();
+    restarted.wait().await.unwrap();
+}
