@@ -52,6 +52,10 @@ ensure_package() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
 }
 
+# --- Tools the tests use ---------------------------------------------------
+ensure_package python3 python3
+ensure_package curl curl
+
 # --- PostgreSQL primary -------------------------------------------------
 ensure_package pg_ctlcluster postgresql
 ensure_package pg_basebackup postgresql-client

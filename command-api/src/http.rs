@@ -413,7 +413,7 @@ async fn single(
     if let Err(problem) = principal.require(required_role(kind)) {
         return problem.into_response();
     }
-    let prepared = (|| async {
+    let prepared = async {
         let target =
             match path_id {
                 Some(raw) => Some(Uuid::parse_str(&raw).map_err(|_| {
@@ -425,7 +425,7 @@ async fn single(
         let key = idempotency_key(headers)?;
         let bytes = read_body(headers, body).await?;
         Ok::<_, Problem>((target, if_match, key, bytes))
-    })()
+    }
     .await;
     let (target, if_match, key, bytes) = match prepared {
         Ok(p) => p,

@@ -12,6 +12,9 @@ use sqlx::PgPool;
 /// How long an answer is replayed.
 pub const RETENTION: &str = "24 hours";
 
+/// `(request_hash, status, body)` of a stored key.
+type StoredKey = (Vec<u8>, Option<i16>, Option<Vec<u8>>);
+
 pub enum Claimed {
     /// The key is ours: run the command.
     Fresh,
@@ -68,7 +71,7 @@ pub async fn claim(
         if won.is_some() {
             return Ok(Claimed::Fresh);
         }
-        let row: Option<(Vec<u8>, Option<i16>, Option<Vec<u8>>)> = sqlx::query_as(
+        let row: Option<StoredKey> = sqlx::query_as(
             "SELECT request_hash, status, body FROM idempotency_keys WHERE principal = $1 AND key = $2",
         )
         .bind(principal)

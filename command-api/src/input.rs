@@ -104,6 +104,7 @@ struct SignBody {
 }
 
 /// A parsed command, and whether the server made the id of what it creates.
+#[derive(Debug)]
 pub struct Parsed {
     pub command: Command,
     pub server_made_id: bool,

@@ -247,7 +247,7 @@ fn values_must_fit_kind_range_and_categories() {
         ("sex", json!("UNKNOWN")),
         ("culmen_length_mm", json!("39.1")),
     ] {
-        let result = w.handle("alice", &record(9, &[bad.clone()]));
+        let result = w.handle("alice", &record(9, std::slice::from_ref(&bad)));
         assert_eq!(rule_of(result), Rule::ValueDoesNotFit, "{bad:?}");
     }
 }
@@ -542,13 +542,15 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// (value, retracted, signatures in force as (signer, approved), last author).
+type ModelObservation = (Option<i64>, bool, Vec<(usize, bool)>, usize);
+
 /// The reference model: the rules written out again, as plainly as possible.
 #[derive(Debug, Default, Clone)]
 struct Model {
     closed: bool,
     withdrawn: [bool; 2],
-    /// Per observation: (value, retracted, signatures in force, last author).
-    observations: [Option<(Option<i64>, bool, Vec<(usize, bool)>, usize)>; 3],
+    observations: [Option<ModelObservation>; 3],
 }
 
 const ACTORS: [&str; 3] = ["w0", "w1", "rev"];
@@ -604,7 +606,7 @@ proptest! {
                 }
                 Step::Sign { observation, approve, by } => {
                     let ok = matches!(&m.observations[observation],
-                        Some((_, false, sigs, author)) if !(approve && *author == by) && !sigs.contains(&(by, approve)));
+                        Some((_, false, sigs, author)) if !(sigs.contains(&(by, approve)) || approve && *author == by));
                     if ok { if let Some(o) = &mut m.observations[observation] { o.2.push((by, approve)); } }
                     let meaning = if approve { SignatureMeaning::Approved } else { SignatureMeaning::Reviewed };
                     (by, Command::SignObservation { observation_id: id(200 + observation as u128), meaning }, ok)

@@ -66,3 +66,64 @@ async fn events_carry_a_verifiable_hash_chain_and_their_metadata() {
     assert_eq!(last.aggregate_id, observation);
     assert_eq!(answer.json()["position"], 4);
 }
+
+#[tokio::test]
+async fn an_independent_python_check_recomputes_the_chain_of_real_events() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let env = Env::start().await;
+    let (_, _, observation) = env.recorded().await;
+    let correction = serde_json::json!({"values": {"body_mass_g": 3800}, "reason": "scale recalibrated, see log ñ°"});
+    let path = format!("/v1/observations/{observation}/corrections");
+    assert_eq!(
+        env.api.post(&path, &env.writer2, &correction).await.status,
+        200
+    );
+    let events = EventStore::read_after(&env.db.pool().await, 0, 100)
+        .await
+        .unwrap();
+    let mut ndjson = String::new();
+    for e in &events {
+        ndjson.push_str(&e.to_cloud_event());
+        ndjson.push('\n');
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/verify_event.py");
+    let run = |input: String| {
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 (installed by scripts/infra.sh)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let ok = run(ndjson.clone());
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let head = hex::encode(events.last().unwrap().hash);
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout).trim(),
+        format!("verified 4 events, head {head}")
+    );
+
+    // One altered value in an old event is caught at its position.
+    let tampered = ndjson.replacen("39.1", "39.2", 1);
+    let bad = run(tampered);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("position 3"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Starts the whole system on this machine: the infrastructure, then the
+# services (built in release mode), then loads the real penguin data through
+# the command API and prints a token for each role. Services that already
+# answer are left as they are. Logs and pid files go to .run/; stop the
+# services with scripts/stop.sh.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+load_env
+
+scripts/infra.sh
+echo "[start] building the services (release)"
+cargo build --release --bins --quiet
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+mkdir -p .run
+
+wait_ready() {
+    local url=$1 name=$2
+    for _ in $(seq 1 120); do
+        curl -fsS "$url" >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    echo "[start] $name did not become ready; see .run/$name.log" >&2
+    exit 1
+}
+
+start_service() {
+    local name=$1 addr=$2
+    if curl -fsS "http://$addr/readyz" >/dev/null 2>&1; then
+        echo "[start] $name already answers on $addr"
+        return
+    fi
+    echo "[start] starting $name on $addr (log: .run/$name.log)"
+    nohup "$BIN/$name" >".run/$name.log" 2>&1 &
+    echo $! >".run/$name.pid"
+    wait_ready "http://$addr/readyz" "$name"
+}
+
+command -v curl >/dev/null 2>&1 || { echo "[start] curl is needed" >&2; exit 1; }
+start_service command-api "$COMMAND_API_ADDR"
+echo "[start] the projector and the query API are not part of this build yet"
+
+mint() { "$BIN/mint-token" --sub "$1" --roles "$2"; }
+WRITER=$(mint importer writer)
+echo "[start] loading the Palmer penguins through the command API"
+"$BIN/research-load" --api "http://$COMMAND_API_ADDR" --token "$WRITER" penguins
+
+cat <<MSG
+
+The command API listens on http://$COMMAND_API_ADDR (OpenAPI: see docs/).
+Tokens for one day (role: token):
+  writer:   $WRITER
+  reviewer: $(mint reviewer-1 reviewer)
+  reader:   $(mint reader-1 reader)
+  auditor:  $(mint auditor-1 auditor)
+
+Try:  curl -s -X POST http://$COMMAND_API_ADDR/v1/studies -H "Authorization: Bearer \$TOKEN" \\
+        -H 'content-type: application/json' -d '{"code":"DEMO-1","title":"Demo","principal_investigator":"You","variables":[{"name":"mass_g","kind":"numeric"}]}'
+Stop: scripts/stop.sh
+MSG
