@@ -3,3 +3,4 @@
 //! benchmarks.
 
 pub mod datasets;
+pub mod load;

@@ -78,3 +78,47 @@ impl StateCache {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::Map;
+    use shared::domain::{SubjectState, SubjectStatus};
+
+    use super::*;
+
+    fn subject(version: i64) -> Cached {
+        Cached {
+            state: Arc::new(AggregateState::Subject(SubjectState {
+                id: Uuid::nil(),
+                study_id: Uuid::nil(),
+                label: "N1A1".into(),
+                attributes: Map::new(),
+                status: SubjectStatus::Active,
+                version,
+            })),
+            last_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn an_older_version_never_replaces_a_newer_one() {
+        let cache = StateCache::new(100);
+        let id = Uuid::now_v7();
+        cache.put(id, subject(3));
+        cache.put(id, subject(2));
+        assert_eq!(cache.get(id).unwrap().version(), 3);
+        cache.put(id, subject(4));
+        assert_eq!(cache.get(id).unwrap().version(), 4);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity() {
+        let cache = StateCache::new(64);
+        for _ in 0..1000 {
+            cache.put(Uuid::now_v7(), subject(1));
+        }
+        assert!(cache.len() <= 64);
+        assert!(!cache.is_empty());
+    }
+}

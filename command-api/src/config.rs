@@ -63,4 +63,8 @@ pub struct Config {
     /// Most append requests written in one transaction.
     #[arg(long, env = "COMMAND_API_MAX_APPEND_BATCH", default_value_t = 2000)]
     pub max_append_batch: usize,
+
+    /// Connections appending side by side (their batches queue on one lock).
+    #[arg(long, env = "COMMAND_API_APPENDER_CONNECTIONS", default_value_t = 2)]
+    pub appender_connections: usize,
 }

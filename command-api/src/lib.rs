@@ -102,6 +102,7 @@ impl App {
             pool.clone(),
             AppenderConfig {
                 max_batch: config.max_append_batch,
+                connections: config.appender_connections,
             },
         );
         let stop_background = CancellationToken::new();

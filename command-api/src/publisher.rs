@@ -132,6 +132,41 @@ async fn become_leader(pool: &PgPool) -> anyhow::Result<Option<sqlx::PgConnectio
     Ok(won.then_some(conn))
 }
 
+async fn save_checkpoint(pool: &PgPool, position: i64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE outbox_checkpoint SET position = $1 WHERE position < $1")
+        .bind(position)
+        .execute(pool)
+        .await
+        .context("saving the outbox checkpoint")?;
+    Ok(())
+}
+
+/// Refuses to publish into a stream whose newest message is not this event
+/// store's event at that position (a stream kept while the database was
+/// restored or replaced): publishing would mix two logs.
+async fn check_same_log(
+    pool: &PgPool,
+    config: &PublisherConfig,
+    position: i64,
+    id: &str,
+) -> anyhow::Result<()> {
+    let stored: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM events WHERE position = $1")
+            .bind(position)
+            .fetch_optional(pool)
+            .await
+            .context("reading the event at the stream's tail")?;
+    if stored.is_some_and(|e| e.to_string() == id) {
+        return Ok(());
+    }
+    metrics::gauge!("outbox_stream_mismatch").set(1.0);
+    anyhow::bail!(
+        "stream {} ends with event {id} at position {position}, which this event store does not hold there; \
+         the stream belongs to another log: point NATS_STREAM at a new stream or restore the matching database",
+        config.stream
+    )
+}
+
 /// The position and id of the newest message in the stream, if any.
 async fn stream_tail(js: &jetstream::Context, name: &str) -> anyhow::Result<Option<(i64, String)>> {
     let stream = js.get_stream(name).await.context("looking up the stream")?;
@@ -167,18 +202,22 @@ async fn publish(
         .await
         .context("reading the outbox checkpoint")?;
     let (mut last_position, mut last_id) = match stream_tail(js, &config.stream).await? {
-        Some((position, id)) => (position, Some(id)),
+        Some((position, id)) => {
+            check_same_log(pool, config, position, &id).await?;
+            (position, Some(id))
+        }
         // An empty (new or purged) stream: resume after the checkpoint.
         None => (checkpoint, None),
     };
     let mut drain_deadline = None;
+    let mut checkpoint_saved = tokio::time::Instant::now();
     loop {
         let batch = EventStore::read_after(pool, last_position, BATCH)
             .await
             .context("reading events to publish")?;
         if batch.is_empty() {
             if drain_deadline.is_some() {
-                return Ok(());
+                return save_checkpoint(pool, last_position).await;
             }
             tokio::select! {
                 _ = committed.changed() => {}
@@ -222,11 +261,12 @@ async fn publish(
                 .with_context(|| format!("JetStream refused position {position}"))?;
         }
         last_position = batch.last().map_or(last_position, |e| e.position);
-        sqlx::query("UPDATE outbox_checkpoint SET position = $1 WHERE position < $1")
-            .bind(last_position)
-            .execute(pool)
-            .await
-            .context("saving the outbox checkpoint")?;
+        // The stream's tail is the real checkpoint; this copy only matters
+        // after a purge, so it is saved at most once a second.
+        if checkpoint_saved.elapsed() >= Duration::from_secs(1) || drain_deadline.is_some() {
+            save_checkpoint(pool, last_position).await?;
+            checkpoint_saved = tokio::time::Instant::now();
+        }
         metrics::gauge!("outbox_published_position").set(last_position as f64);
         let head = (*committed.borrow()).max(last_position);
         metrics::gauge!("outbox_backlog_events").set((head - last_position) as f64);

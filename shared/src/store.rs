@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::postgres::{PgConnectOptions, PgRow};
+use sqlx::{Column, Connection, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -112,11 +112,16 @@ struct Job {
 pub struct AppenderConfig {
     /// Upper bound on the requests written in one transaction.
     pub max_batch: usize,
+    /// Appender connections working side by side (see `run_appender`).
+    pub connections: usize,
 }
 
 impl Default for AppenderConfig {
     fn default() -> Self {
-        Self { max_batch: 2000 }
+        Self {
+            max_batch: 2000,
+            connections: 2,
+        }
     }
 }
 
@@ -129,12 +134,46 @@ pub struct EventStore {
 }
 
 impl EventStore {
-    /// Starts the appender task. It ends when every handle is dropped, after
+    /// Starts the appender. It ends when every handle is dropped, after
     /// writing what it was given.
+    ///
+    /// The appender runs on a thread of its own with its own runtime and
+    /// connection: its few round trips per batch are then never queued
+    /// behind request handling on a busy runtime, which would stretch every
+    /// batch and, through it, every command's latency.
     pub fn start(pool: PgPool, config: AppenderConfig) -> (Self, JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(4096);
         let (committed_tx, committed) = watch::channel(0);
-        let task = tokio::spawn(run_appender(pool.clone(), config, rx, committed_tx));
+        let options = (*pool.connect_options()).clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(runtime) => {
+                    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+                    let committed = Arc::new(committed_tx);
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, async move {
+                        let workers: Vec<_> = (0..config.connections.max(1))
+                            .map(|_| {
+                                let worker = run_appender(
+                                    options.clone(),
+                                    config.clone(),
+                                    rx.clone(),
+                                    committed.clone(),
+                                );
+                                tokio::task::spawn_local(worker)
+                            })
+                            .collect();
+                        for worker in workers {
+                            let _ = worker.await;
+                        }
+                    });
+                }
+                Err(error) => tracing::error!(%error, "cannot start the appender's runtime"),
+            }
+        });
         (
             Self {
                 pool,
@@ -237,27 +276,45 @@ fn hash_column(row: &PgRow, index: usize) -> sqlx::Result<[u8; 32]> {
     })
 }
 
+/// One appender connection: takes every waiting job, writes them as one
+/// batch, answers them, repeats. Several run side by side; the advisory lock
+/// orders their batches in PostgreSQL, so while one commits the next is
+/// already queued on the lock with its batch in hand.
 async fn run_appender(
-    pool: PgPool,
+    options: PgConnectOptions,
     config: AppenderConfig,
-    mut rx: mpsc::Receiver<Job>,
-    committed: watch::Sender<i64>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    committed: Arc<watch::Sender<i64>>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        let mut size = jobs[0].requests.len();
-        while size < config.max_batch {
-            match rx.try_recv() {
-                Ok(job) => {
-                    size += job.requests.len();
-                    jobs.push(job);
+    let mut conn: Option<PgConnection> = None;
+    loop {
+        let jobs = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { break };
+            let mut size = first.requests.len();
+            let mut jobs = vec![first];
+            while size < config.max_batch {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        size += job.requests.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
-        }
+            jobs
+        };
         let requests: Vec<&AppendRequest> = jobs.iter().flat_map(|j| j.requests.iter()).collect();
         let started = Instant::now();
-        let outcome = write_batch(&pool, &requests).await;
+        let outcome = match &mut conn {
+            Some(c) => write_batch(c, &requests).await,
+            None => match PgConnection::connect_with(&options).await {
+                Ok(c) => write_batch(conn.insert(c), &requests).await,
+                Err(e) => {
+                    Err(anyhow::Error::new(e).context("connecting the appender to PostgreSQL"))
+                }
+            },
+        };
         metrics::histogram!("event_store_append_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("event_store_append_batch_requests").record(requests.len() as f64);
         let mut results = match outcome {
@@ -268,7 +325,11 @@ async fn run_appender(
                     .map(|a| a.position)
                     .max()
                 {
-                    committed.send_replace(last);
+                    committed.send_if_modified(|seen| {
+                        let newer = last > *seen;
+                        *seen = (*seen).max(last);
+                        newer
+                    });
                 }
                 results
             }
@@ -278,10 +339,12 @@ async fn run_appender(
                     batch_len = requests.len(),
                     "append batch failed"
                 );
+                // The connection's state is unknown: start afresh next time.
+                if let Some(c) = conn.take() {
+                    let _ = c.close().await;
+                }
                 let error = Arc::new(error);
                 vec![Err(AppendError::Store(error)); requests.len()]
-                    .into_iter()
-                    .collect()
             }
         }
         .into_iter();
@@ -293,69 +356,74 @@ async fn run_appender(
     }
 }
 
-/// Writes one batch in one transaction and answers each request.
+/// Quotes a string as an SQL literal (only the appender's own values, which
+/// are UUIDs and validated study codes, ever reach it).
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Writes one batch in one transaction, in three round trips: (1) begin,
+/// take the append lock, then read the head, the versions and the claims
+/// (each statement of a simple query takes a fresh snapshot, so these see
+/// every batch committed before the lock was granted); (2) insert events,
+/// claims and idempotency answers in one statement; (3) commit.
 async fn write_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     requests: &[&AppendRequest],
 ) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
     use anyhow::Context;
 
-    let mut tx = pool
-        .begin()
-        .await
-        .context("beginning the append transaction")?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(APPEND_LOCK_KEY)
-        .execute(&mut *tx)
-        .await
-        .context("taking the append lock")?;
-    // A new statement, so its snapshot sees every batch committed before
-    // the lock was granted.
-    let head: Option<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await
-            .context("reading the head of the log")?;
-    let (mut position, mut prevhash) = match head {
-        Some((p, h)) => (
-            p,
-            h.try_into()
-                .map_err(|_| anyhow::anyhow!("stored hash is not 32 bytes"))?,
-        ),
-        None => (0, GENESIS_HASH),
-    };
-
-    let ids: Vec<Uuid> = requests
+    let ids: HashSet<Uuid> = requests
         .iter()
         .flat_map(|r| std::iter::once(r.aggregate_id).chain(r.guards.iter().map(|g| g.0)))
-        .collect::<HashSet<_>>()
-        .into_iter()
         .collect();
-    let mut versions: HashMap<Uuid, i64> = sqlx::query_as(
-        "SELECT aggregate_id, max(stream_version) FROM events WHERE aggregate_id = ANY($1) GROUP BY aggregate_id",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await
-    .context("reading stream versions")?
-    .into_iter()
-    .collect();
-
+    let id_list = ids
+        .iter()
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let wanted: Vec<&Claim> = requests.iter().flat_map(|r| r.claims.iter()).collect();
-    let mut taken: HashSet<(String, String)> = HashSet::new();
-    if !wanted.is_empty() {
-        let scopes: Vec<&str> = wanted.iter().map(|c| c.scope).collect();
-        let keys: Vec<&str> = wanted.iter().map(|c| c.key.as_str()).collect();
-        taken = sqlx::query_as(
-            "SELECT scope, key FROM unique_claims WHERE (scope, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-        )
-        .bind(&scopes)
-        .bind(&keys)
-        .fetch_all(&mut *tx)
+    let claims_sql = if wanted.is_empty() {
+        String::new()
+    } else {
+        let values = wanted
+            .iter()
+            .map(|c| format!("({}, {})", literal(c.scope), literal(&c.key)))
+            .collect::<Vec<_>>()
+            .join(",");
+        format!(" UNION ALL SELECT 'c', NULL, NULL, NULL, scope, key FROM unique_claims WHERE (scope, key) IN ({values})")
+    };
+    let read = format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY}); \
+         SELECT 'h'::text AS tag, position, hash, NULL::uuid AS id, NULL::text AS scope, NULL::text AS key \
+           FROM (SELECT position, hash FROM events ORDER BY position DESC LIMIT 1) AS head \
+         UNION ALL SELECT 'v', max(stream_version), NULL, aggregate_id, NULL, NULL FROM events \
+           WHERE aggregate_id = ANY('{{{id_list}}}'::uuid[]) GROUP BY aggregate_id{claims_sql}"
+    );
+    let rows = sqlx::raw_sql(&read)
+        .fetch_all(&mut *conn)
         .await
-        .context("reading unique claims")?
-        .into_iter()
-        .collect();
+        .context("locking and reading the head, versions and claims")?;
+
+    let (mut position, mut prevhash) = (0, GENESIS_HASH);
+    let mut versions: HashMap<Uuid, i64> = HashMap::new();
+    let mut taken: HashSet<(String, String)> = HashSet::new();
+    for row in &rows {
+        if row.columns().first().map(|c| c.name()) != Some("tag") {
+            continue;
+        }
+        match row.try_get::<&str, _>(0)? {
+            "h" => {
+                position = row.try_get(1)?;
+                prevhash = hash_column(row, 2)?;
+            }
+            "v" => {
+                versions.insert(row.try_get(3)?, row.try_get(1)?);
+            }
+            _ => {
+                taken.insert((row.try_get(4)?, row.try_get(5)?));
+            }
+        }
     }
 
     let recorded_at: DateTime<Utc> = Utc::now().trunc_subsecs(6);
@@ -404,7 +472,7 @@ async fn write_batch(
         if let Some(done) = &request.idempotency {
             completions.push(
                 done,
-                crate::store::command_answer_body(request.aggregate_id, version, position),
+                command_answer_body(request.aggregate_id, version, position),
             );
         }
         results.push(Ok(Appended {
@@ -415,24 +483,69 @@ async fn write_batch(
     }
 
     if !rows.position.is_empty() {
-        rows.insert(&mut tx).await.context("inserting events")?;
-    }
-    if !claims.scope.is_empty() {
-        claims
-            .insert(&mut tx)
+        insert_all(conn, &rows, &claims, &completions)
             .await
-            .context("inserting unique claims")?;
+            .context("inserting events")?;
     }
-    if !completions.principal.is_empty() {
-        completions
-            .update(&mut tx)
-            .await
-            .context("completing idempotency keys")?;
-    }
-    tx.commit()
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut *conn)
         .await
         .context("committing the append transaction")?;
     Ok(results)
+}
+
+/// Inserts the batch's events, unique claims and idempotency answers in one
+/// statement.
+async fn insert_all(
+    conn: &mut PgConnection,
+    events: &EventRows,
+    claims: &ClaimRows,
+    completions: &CompletionRows,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "WITH new_events AS ( \
+           INSERT INTO events (position, event_id, aggregate_type, aggregate_id, stream_version, study_id, \
+             event_type, schema_version, data, actor, reason, correlation_id, causation_id, recorded_at, prevhash, hash) \
+           SELECT p, i, at, a, v, s, t, sv, d::json, ac, r, c, ca, ra, ph, h FROM unnest(\
+             $1::int8[], $2::uuid[], $3::text[], $4::uuid[], $5::int8[], $6::uuid[], $7::text[], $8::int2[], \
+             $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::bytea[], \
+             $16::bytea[]) AS u(p, i, at, a, v, s, t, sv, d, ac, r, c, ca, ra, ph, h) \
+         ), new_claims AS ( \
+           INSERT INTO unique_claims (scope, key, owner_id, position) \
+           SELECT * FROM unnest($17::text[], $18::text[], $19::uuid[], $20::int8[]) \
+         ), answers AS ( \
+           UPDATE idempotency_keys k SET status = u.s, body = u.b \
+           FROM unnest($21::text[], $22::text[], $23::int2[], $24::bytea[]) AS u(p, k, s, b) \
+           WHERE k.principal = u.p AND k.key = u.k \
+         ) SELECT 1",
+    )
+    .bind(&events.position)
+    .bind(&events.event_id)
+    .bind(&events.aggregate_type)
+    .bind(&events.aggregate_id)
+    .bind(&events.stream_version)
+    .bind(&events.study_id)
+    .bind(&events.event_type)
+    .bind(&events.schema_version)
+    .bind(&events.data)
+    .bind(&events.actor)
+    .bind(&events.reason)
+    .bind(&events.correlation_id)
+    .bind(&events.causation_id)
+    .bind(&events.recorded_at)
+    .bind(&events.prevhash)
+    .bind(&events.hash)
+    .bind(&claims.scope)
+    .bind(&claims.key)
+    .bind(&claims.owner)
+    .bind(&claims.position)
+    .bind(&completions.principal)
+    .bind(&completions.key)
+    .bind(&completions.status)
+    .bind(&completions.body)
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 fn check(
@@ -469,7 +582,7 @@ fn check(
     Ok(())
 }
 
-/// Column arrays for one multi-row `INSERT … SELECT FROM unnest(…)`.
+/// Column arrays of the events of one batch.
 #[derive(Default)]
 struct EventRows {
     position: Vec<i64>,
@@ -509,36 +622,6 @@ impl EventRows {
         self.prevhash.push(e.prevhash.to_vec());
         self.hash.push(e.hash.to_vec());
     }
-
-    async fn insert(&self, tx: &mut sqlx::PgConnection) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO events (position, event_id, aggregate_type, aggregate_id, stream_version, study_id, \
-             event_type, schema_version, data, actor, reason, correlation_id, causation_id, recorded_at, prevhash, hash) \
-             SELECT p, i, at, a, v, s, t, sv, d::json, ac, r, c, ca, ra, ph, h FROM unnest(\
-             $1::int8[], $2::uuid[], $3::text[], $4::uuid[], $5::int8[], $6::uuid[], $7::text[], $8::int2[], \
-             $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::bytea[], \
-             $16::bytea[]) AS u(p, i, at, a, v, s, t, sv, d, ac, r, c, ca, ra, ph, h)",
-        )
-        .bind(&self.position)
-        .bind(&self.event_id)
-        .bind(&self.aggregate_type)
-        .bind(&self.aggregate_id)
-        .bind(&self.stream_version)
-        .bind(&self.study_id)
-        .bind(&self.event_type)
-        .bind(&self.schema_version)
-        .bind(&self.data)
-        .bind(&self.actor)
-        .bind(&self.reason)
-        .bind(&self.correlation_id)
-        .bind(&self.causation_id)
-        .bind(&self.recorded_at)
-        .bind(&self.prevhash)
-        .bind(&self.hash)
-        .execute(tx)
-        .await
-        .map(|_| ())
-    }
 }
 
 #[derive(Default)]
@@ -556,20 +639,6 @@ impl ClaimRows {
         self.owner.push(owner);
         self.position.push(position);
     }
-
-    async fn insert(&self, tx: &mut sqlx::PgConnection) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO unique_claims (scope, key, owner_id, position) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::int8[])",
-        )
-        .bind(&self.scope)
-        .bind(&self.key)
-        .bind(&self.owner)
-        .bind(&self.position)
-        .execute(tx)
-        .await
-        .map(|_| ())
-    }
 }
 
 #[derive(Default)]
@@ -586,20 +655,5 @@ impl CompletionRows {
         self.key.push(done.key.clone());
         self.status.push(i16::try_from(done.status).unwrap_or(200));
         self.body.push(body);
-    }
-
-    async fn update(&self, tx: &mut sqlx::PgConnection) -> sqlx::Result<()> {
-        sqlx::query(
-            "UPDATE idempotency_keys k SET status = u.s, body = u.b \
-             FROM unnest($1::text[], $2::text[], $3::int2[], $4::bytea[]) AS u(p, k, s, b) \
-             WHERE k.principal = u.p AND k.key = u.k",
-        )
-        .bind(&self.principal)
-        .bind(&self.key)
-        .bind(&self.status)
-        .bind(&self.body)
-        .execute(tx)
-        .await
-        .map(|_| ())
     }
 }

@@ -157,6 +157,7 @@ pub fn command_config(db: &TestDb, stream: &TestStream) -> Config {
         request_timeout: Duration::from_secs(30),
         state_cache: 10_000,
         max_append_batch: 2000,
+        appender_connections: 2,
     }
 }
 

@@ -235,3 +235,48 @@ async fn a_killed_command_api_publishes_every_committed_event_exactly_once_after
     restarted.start_kill().unwrap();
     restarted.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_publisher_refuses_a_stream_that_belongs_to_another_log() {
+    let first = Env::start().await;
+    first.recorded().await;
+    let events = EventStore::read_after(&first.db.pool().await, 0, 100)
+        .await
+        .unwrap();
+    published(&first.stream, events.len()).await;
+
+    // A new, empty event store pointed at the same stream.
+    let other_db = TestDb::create().await;
+    let other = tests::CommandApi::spawn(&command_config(&other_db, &first.stream)).await;
+    let study = other
+        .post(
+            "/v1/studies",
+            &first.writer,
+            &tests::penguins()[1].register_body(),
+        )
+        .await;
+    assert_eq!(study.status, 201);
+    let metrics = wait_until(
+        Duration::from_secs(10),
+        "the mismatch to be reported",
+        || {
+            let http = other.http.clone();
+            let url = other.url("/metrics");
+            async move {
+                let text = http.get(url).send().await.ok()?.text().await.ok()?;
+                text.contains("outbox_stream_mismatch 1").then_some(text)
+            }
+        },
+    )
+    .await;
+    assert!(metrics.contains("outbox_stream_mismatch 1"));
+    let messages = read_stream(&first.stream.jetstream().await, &first.stream.name)
+        .await
+        .unwrap();
+    assert_eq!(
+        messages.len(),
+        events.len(),
+        "nothing of the other log was published"
+    );
+    other.shutdown().await;
+}

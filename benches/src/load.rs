@@ -1,0 +1,109 @@
+//! A small HTTP load generator: a fixed number of connections, either closed
+//! loop (each sends its next request when the last one answered: the
+//! maximum rate) or open loop at a fixed rate (latency counted from the
+//! scheduled send time, so a stall is not hidden by coordinated omission).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latencies in microseconds, sorted.
+    pub latencies_us: Vec<u64>,
+}
+
+impl Report {
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((p / 100.0) * (self.latencies_us.len() - 1) as f64).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0} req/s over {:.1} s ({} ok, {} errors), p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.rate(),
+            self.elapsed.as_secs_f64(),
+            self.requests,
+            self.errors,
+            self.percentile_ms(50.0),
+            self.percentile_ms(99.0),
+            self.percentile_ms(100.0)
+        )
+    }
+}
+
+/// Runs `send` from `connections` tasks for `duration`. With `rate`, the
+/// sends are scheduled evenly at that many per second in total.
+pub async fn run<F, Fut>(
+    connections: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    send: F,
+) -> Report
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let send = Arc::new(send);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let results = Arc::new(Mutex::new((0u64, 0u64, Vec::<u64>::new())));
+    let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (send, next, results) = (send.clone(), next.clone(), results.clone());
+            tokio::spawn(async move {
+                let mut local = (0u64, 0u64, Vec::new());
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let scheduled = match interval {
+                        Some(i) => started + i.mul_f64(n as f64),
+                        None => Instant::now(),
+                    };
+                    if scheduled >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(scheduled.into()).await;
+                    let ok = send(n).await;
+                    let latency = scheduled.elapsed().as_micros() as u64;
+                    if ok {
+                        local.0 += 1;
+                        local.2.push(latency);
+                    } else {
+                        local.1 += 1;
+                    }
+                }
+                let mut all = results.lock().await;
+                all.0 += local.0;
+                all.1 += local.1;
+                all.2.extend(local.2);
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed();
+    let (requests, errors, mut latencies_us) = std::mem::take(&mut *results.lock().await);
+    latencies_us.sort_unstable();
+    Report {
+        requests,
+        errors,
+        elapsed,
+        latencies_us,
+    }
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Write-path benchmark, in one run on this machine:
+#   raw baseline: pgbench inserting one event-like row per transaction into a
+#                 copy of the `events` table (same columns, indexes and
+#                 constraints), at 16 and 64 clients;
+#   service:      research-bench recording real weather observations through
+#                 the command API (durable appends) at 16 and 64 connections,
+#                 then at half the maximum rate for the latency goal.
+# Settings: SECONDS_PER_RUN (default 10), API_PORT (default 18081).
+set -euo pipefail
+source "$(dirname "$0")/../scripts/common.sh"
+load_env
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+API_PORT=${API_PORT:-18081}
+
+scripts/infra.sh >/dev/null
+echo "[bench] building (release)"
+cargo build --release --bins --quiet
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+
+RUN_ID=$(date +%s)
+DB=bench_write_$RUN_ID
+STREAM=BENCH_WRITE_$RUN_ID
+export PGPASSWORD=$DB_PASSWORD
+PSQL=(psql -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -v ON_ERROR_STOP=1 -Atq)
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE $DB"
+WORK=$(mktemp -d)
+API_PID=
+cleanup() {
+    [ -n "$API_PID" ] && kill "$API_PID" 2>/dev/null && wait "$API_PID" 2>/dev/null || true
+    "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
+    "$BIN/research-bench" drop-stream "$STREAM" || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+DB_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB"
+COMMAND_API_ADDR=127.0.0.1:$API_PORT DATABASE_URL=$DB_URL NATS_STREAM=$STREAM \
+    NATS_SUBJECT_PREFIX=benchwrite$RUN_ID RUST_LOG=warn "$BIN/command-api" >"$WORK/api.log" 2>&1 &
+API_PID=$!
+for _ in $(seq 1 60); do curl -fsS "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
+
+# The baseline table: the events table's shape without its append-only
+# triggers, and the same real weather row as payload.
+"${PSQL[@]}" -d "$DB" -c "CREATE TABLE bench_events (LIKE events INCLUDING ALL); CREATE SEQUENCE bench_seq"
+cat >"$WORK/insert.sql" <<'SQL'
+INSERT INTO bench_events (position, event_id, aggregate_type, aggregate_id, stream_version, study_id, event_type,
+  schema_version, data, actor, reason, correlation_id, causation_id, recorded_at, prevhash, hash)
+VALUES (nextval('bench_seq'), gen_random_uuid(), 'observation', gen_random_uuid(), 1, gen_random_uuid(),
+  'research.observation.recorded.v1', 1,
+  '{"comment":null,"observation_id":"0192f0c1-0000-7000-8000-000000000001","observed_at":"2013-01-01T06:00:00Z","study_id":"0192f0c1-0000-7000-8000-000000000002","subject_id":"0192f0c1-0000-7000-8000-000000000003","values":{"dewpoint_f":26.06,"humidity_pct":59.37,"precip_in":0.0,"pressure_mbar":1012.0,"temp_f":39.02,"visibility_mi":10.0,"wind_dir_deg":270.0,"wind_gust_mph":null,"wind_speed_mph":10.357019999999999}}',
+  'bench', NULL, 'bench', 'bench', now(), decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'));
+SQL
+
+TOKEN=$("$BIN/mint-token" --sub bench --roles writer)
+pgbench_tps() {
+    pgbench -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -n -c "$1" -j 2 -T "$SECONDS_PER_RUN" -f "$WORK/insert.sql" "$DB" 2>/dev/null \
+        | awk '/^tps = / {print $3}'
+}
+api_run() {
+    "$BIN/research-bench" write --api "http://127.0.0.1:$API_PORT" --token "$TOKEN" --seconds "$SECONDS_PER_RUN" --json "$@"
+}
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+printf '\n%-12s %14s %14s %8s %10s %10s\n' clients "pgbench tx/s" "api appends/s" ratio "p50 ms" "p99 ms"
+best=0
+for c in 16 64; do
+    raw=$(pgbench_tps "$c")
+    out=$(api_run --connections "$c")
+    rate=$(field "$out" rate)
+    ratio=$(python3 -c "print(f'{$rate / $raw:.2f}')")
+    printf '%-12s %14.0f %14.0f %8s %10.2f %10.2f\n' "$c" "$raw" "$rate" "$ratio" "$(field "$out" p50_ms)" "$(field "$out" p99_ms)"
+    best=$(python3 -c "print(max($best, $rate))")
+done
+half=$(python3 -c "print(round($best / 2))")
+out=$(api_run --connections 64 --rate "$half")
+printf '\nat half the maximum rate (%s req/s target, 64 connections): %.0f req/s, p50 %.2f ms, p99 %.2f ms, %s errors\n' \
+    "$half" "$(field "$out" rate)" "$(field "$out" p50_ms)" "$(field "$out" p99_ms)" "$(field "$out" errors)"
