@@ -47,7 +47,7 @@ echo "[start] loading the Palmer penguins through the command API"
 
 cat <<MSG
 
-The command API listens on http://$COMMAND_API_ADDR (OpenAPI: see docs/).
+The command API listens on http://$COMMAND_API_ADDR (OpenAPI: http://$COMMAND_API_ADDR/openapi.json).
 Tokens for one day (role: token):
   writer:   $WRITER
   reviewer: $(mint reviewer-1 reviewer)

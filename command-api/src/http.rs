@@ -74,6 +74,7 @@ pub fn router(state: Shared) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
         .fallback(|| async { Problem::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -139,6 +140,12 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     response
 }
 
+async fn openapi_json() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let body = DOC.get_or_init(crate::openapi::document).clone();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 async fn readyz(State(state): State<Shared>) -> Response {
     let db = tokio::time::timeout(
         Duration::from_secs(2),
@@ -168,8 +175,9 @@ async fn metrics_text(State(state): State<Shared>) -> Response {
 }
 
 macro_rules! command_route {
-    ($name:ident, $kind:expr, path) => {
-        async fn $name(
+    ($(#[$meta:meta])* $name:ident, $kind:expr, path) => {
+        $(#[$meta])*
+        pub async fn $name(
             State(state): State<Shared>,
             principal: Result<Principal, Problem>,
             Path(id): Path<String>,
@@ -178,21 +186,12 @@ macro_rules! command_route {
             headers: HeaderMap,
             body: Body,
         ) -> Response {
-            single(
-                &state,
-                principal,
-                $kind,
-                Some(id),
-                &method,
-                uri.path(),
-                &headers,
-                body,
-            )
-            .await
+            single(&state, principal, $kind, Some(id), &method, uri.path(), &headers, body).await
         }
     };
-    ($name:ident, $kind:expr) => {
-        async fn $name(
+    ($(#[$meta:meta])* $name:ident, $kind:expr) => {
+        $(#[$meta])*
+        pub async fn $name(
             State(state): State<Shared>,
             principal: Result<Principal, Problem>,
             method: Method,
@@ -200,30 +199,85 @@ macro_rules! command_route {
             headers: HeaderMap,
             body: Body,
         ) -> Response {
-            single(
-                &state,
-                principal,
-                $kind,
-                None,
-                &method,
-                uri.path(),
-                &headers,
-                body,
-            )
-            .await
+            single(&state, principal, $kind, None, &method, uri.path(), &headers, body).await
         }
     };
 }
 
-command_route!(register_study, Kind::RegisterStudy);
-command_route!(amend_study, Kind::AmendStudy, path);
-command_route!(close_study, Kind::CloseStudy, path);
-command_route!(register_subject, Kind::RegisterSubject, path);
-command_route!(withdraw_subject, Kind::WithdrawSubject, path);
-command_route!(record_observation, Kind::RecordObservation, path);
-command_route!(correct_observation, Kind::CorrectObservation, path);
-command_route!(retract_observation, Kind::RetractObservation, path);
-command_route!(sign_observation, Kind::SignObservation, path);
+command_route!(
+    /// Registers a study with its variables.
+    #[utoipa::path(post, path = "/v1/studies", tag = "studies", request_body = input::RegisterStudyBody,
+        params(crate::openapi::CommandHeaders),
+        responses((status = 201, body = crate::openapi::CommandAnswer, headers(("Consistency-Token" = i64))),
+                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+    register_study, Kind::RegisterStudy
+);
+command_route!(
+    /// Amends a study: title, description, new variables; needs a reason.
+    #[utoipa::path(post, path = "/v1/studies/{id}/amendments", tag = "studies", request_body = input::AmendStudyBody,
+        params(("id" = Uuid, Path, description = "study id"), crate::openapi::CommandHeaders),
+        responses((status = 200, body = crate::openapi::CommandAnswer),
+                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+    amend_study, Kind::AmendStudy, path
+);
+command_route!(
+    /// Closes a study: its data is locked from then on.
+    #[utoipa::path(post, path = "/v1/studies/{id}/closure", tag = "studies", request_body = input::ReasonBody,
+        params(("id" = Uuid, Path, description = "study id"), crate::openapi::CommandHeaders),
+        responses((status = 200, body = crate::openapi::CommandAnswer),
+                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+    close_study, Kind::CloseStudy, path
+);
+command_route!(
+    /// Registers a subject in an open study.
+    #[utoipa::path(post, path = "/v1/studies/{id}/subjects", tag = "subjects", request_body = input::RegisterSubjectBody,
+        params(("id" = Uuid, Path, description = "study id"), crate::openapi::CommandHeaders),
+        responses((status = 201, body = crate::openapi::CommandAnswer),
+                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+    register_subject, Kind::RegisterSubject, path
+);
+command_route!(
+    /// Withdraws a subject; needs a reason.
+    #[utoipa::path(post, path = "/v1/subjects/{id}/withdrawal", tag = "subjects", request_body = input::ReasonBody,
+        params(("id" = Uuid, Path, description = "subject id"), crate::openapi::CommandHeaders),
+        responses((status = 200, body = crate::openapi::CommandAnswer),
+                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+    withdraw_subject, Kind::WithdrawSubject, path
+);
+command_route!(
+    /// Records an observation of some of the study's variables.
+    #[utoipa::path(post, path = "/v1/subjects/{id}/observations", tag = "observations",
+        request_body = input::RecordObservationBody,
+        params(("id" = Uuid, Path, description = "subject id"), crate::openapi::CommandHeaders),
+        responses((status = 201, body = crate::openapi::CommandAnswer),
+                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+    record_observation, Kind::RecordObservation, path
+);
+command_route!(
+    /// Corrects values of an observation; needs a reason.
+    #[utoipa::path(post, path = "/v1/observations/{id}/corrections", tag = "observations",
+        request_body = input::CorrectObservationBody,
+        params(("id" = Uuid, Path, description = "observation id"), crate::openapi::CommandHeaders),
+        responses((status = 200, body = crate::openapi::CommandAnswer),
+                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+    correct_observation, Kind::CorrectObservation, path
+);
+command_route!(
+    /// Retracts an observation, keeping its values; needs a reason.
+    #[utoipa::path(post, path = "/v1/observations/{id}/retraction", tag = "observations", request_body = input::ReasonBody,
+        params(("id" = Uuid, Path, description = "observation id"), crate::openapi::CommandHeaders),
+        responses((status = 200, body = crate::openapi::CommandAnswer),
+                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+    retract_observation, Kind::RetractObservation, path
+);
+command_route!(
+    /// Signs an observation (`reviewer` role); approval needs a second person.
+    #[utoipa::path(post, path = "/v1/observations/{id}/signatures", tag = "observations", request_body = input::SignBody,
+        params(("id" = Uuid, Path, description = "observation id"), crate::openapi::CommandHeaders),
+        responses((status = 200, body = crate::openapi::CommandAnswer),
+                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+    sign_observation, Kind::SignObservation, path
+);
 
 /// The role a command needs: signing needs `reviewer`, the rest `writer`.
 fn required_role(kind: Kind) -> Role {
@@ -491,7 +545,12 @@ async fn single(
     }
 }
 
-async fn batch(
+/// Runs up to 1000 commands; each item succeeds or fails on its own.
+#[utoipa::path(post, path = "/v1/commands", tag = "batch", request_body = input::BatchBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
+    responses((status = 200, body = crate::openapi::BatchAnswer),
+              (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+pub async fn batch(
     State(state): State<Shared>,
     principal: Result<Principal, Problem>,
     method: Method,

@@ -47,9 +47,9 @@ impl Kind {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RegisterStudyBody {
+pub struct RegisterStudyBody {
     study_id: Option<Uuid>,
     code: StudyCode,
     title: String,
@@ -58,48 +58,48 @@ struct RegisterStudyBody {
     variables: Vec<Variable>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AmendStudyBody {
+pub struct AmendStudyBody {
     title: Option<String>,
     description: Option<String>,
     add_variables: Option<Vec<Variable>>,
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReasonBody {
+pub struct ReasonBody {
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RegisterSubjectBody {
+pub struct RegisterSubjectBody {
     subject_id: Option<Uuid>,
     label: String,
     attributes: Option<Map<String, Value>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RecordObservationBody {
+pub struct RecordObservationBody {
     observation_id: Option<Uuid>,
     observed_at: DateTime<Utc>,
     values: BTreeMap<String, Value>,
     comment: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CorrectObservationBody {
+pub struct CorrectObservationBody {
     values: BTreeMap<String, Value>,
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SignBody {
+pub struct SignBody {
     meaning: SignatureMeaning,
 }
 
@@ -196,9 +196,10 @@ pub fn parse_item(item: Value) -> Result<Parsed, Problem> {
 }
 
 /// The envelope of the batch endpoint.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
+    /// Up to 1000 items `{type, target?, ...body}`.
     pub commands: Vec<Value>,
 }
 

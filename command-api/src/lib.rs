@@ -5,6 +5,7 @@
 //! - [`config`]: flags and environment;
 //! - [`http`]: routes, handlers and middleware;
 //! - [`input`]: request bodies into domain commands;
+//! - [`openapi`]: the OpenAPI document, generated from the handlers;
 //! - [`engine`]: load state, decide, append, retry;
 //! - [`cache`]: aggregate states kept in memory;
 //! - [`idempotency`]: durable `Idempotency-Key` answers;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod idempotency;
 pub mod input;
+pub mod openapi;
 pub mod publisher;
 
 use std::future::Future;

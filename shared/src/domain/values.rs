@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A study code: `[A-Za-z0-9._-]{1,64}`, unique across the service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$")]
 pub struct StudyCode(String);
 
 impl StudyCode {
@@ -45,8 +46,9 @@ impl fmt::Display for StudyCode {
 }
 
 /// A variable name: `[a-z][a-z0-9_]{0,63}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, pattern = "^[a-z][a-z0-9_]{0,63}$")]
 pub struct VariableName(String);
 
 impl VariableName {
@@ -81,7 +83,7 @@ impl fmt::Display for VariableName {
 }
 
 /// What a variable measures, which fixes the JSON type of its values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VariableKind {
     Numeric,
@@ -93,7 +95,7 @@ pub enum VariableKind {
 }
 
 /// A declared variable of a study, validated as a whole by [`Variable::check`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Variable {
     pub name: VariableName,
@@ -226,7 +228,7 @@ impl Variable {
 }
 
 /// The meaning of a reviewer's signature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SignatureMeaning {
     Reviewed,

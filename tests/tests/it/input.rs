@@ -234,3 +234,48 @@ async fn health_endpoints_answer() {
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body, json!({"postgres": true, "nats": true}));
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_command() {
+    let env = Env::start().await;
+    let doc: serde_json::Value = env
+        .api
+        .http
+        .get(env.api.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    for path in [
+        "/v1/studies",
+        "/v1/studies/{id}/amendments",
+        "/v1/studies/{id}/closure",
+        "/v1/studies/{id}/subjects",
+        "/v1/subjects/{id}/withdrawal",
+        "/v1/subjects/{id}/observations",
+        "/v1/observations/{id}/corrections",
+        "/v1/observations/{id}/retraction",
+        "/v1/observations/{id}/signatures",
+        "/v1/commands",
+    ] {
+        assert!(
+            doc["paths"][path]["post"].is_object(),
+            "{path} is documented"
+        );
+    }
+    let record = &doc["components"]["schemas"]["RecordObservationBody"];
+    assert!(
+        record["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("observed_at")),
+        "{record}"
+    );
+}
