@@ -8,6 +8,7 @@
 //! - [`auth`]: bearer JWT validation and minting;
 //! - [`config`]: parsing helpers for the services' settings;
 //! - [`problem`]: RFC 9457 problem details;
+//! - [`projection`]: the read models' documents and statistics (pure);
 //! - [`telemetry`]: logging set-up shared by the binaries.
 
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod domain;
 pub mod envelope;
 pub mod problem;
+pub mod projection;
 pub mod store;
 pub mod telemetry;
 

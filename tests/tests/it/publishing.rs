@@ -280,3 +280,110 @@ async fn the_publisher_refuses_a_stream_that_belongs_to_another_log() {
     );
     other.shutdown().await;
 }
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_commands_and_publishes_them_before_exit() {
+    let db = TestDb::create().await;
+    let stream = TestStream::new();
+    let port = free_port();
+    let mut child = start_process(&db, &stream, port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let writer = tests::token("alice", &[shared::auth::Role::Writer]);
+    let study: Value = http
+        .post(format!("{base}/v1/studies"))
+        .bearer_auth(&writer)
+        .json(&tests::penguins()[0].register_body())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!(
+        "{base}/v1/studies/{}/subjects",
+        study["id"].as_str().unwrap()
+    );
+    let subject: Value = http
+        .post(&url)
+        .bearer_auth(&writer)
+        .json(&json!({"label": "N1A1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!(
+        "{base}/v1/subjects/{}/observations",
+        subject["id"].as_str().unwrap()
+    );
+
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, writer, url, accepted) =
+                (http.clone(), writer.clone(), url.clone(), accepted.clone());
+            tokio::spawn(async move {
+                let mut answered = Vec::new();
+                // Until the server stops accepting connections.
+                while let Ok(r) = http
+                    .post(&url)
+                    .bearer_auth(&writer)
+                    .json(&first_row())
+                    .send()
+                    .await
+                {
+                    let status = r.status().as_u16();
+                    assert!(
+                        status == 201 || status == 503,
+                        "an in-flight command answered {status}"
+                    );
+                    if status == 201 {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        answered.push(
+                            r.json::<Value>().await.unwrap()["position"]
+                                .as_i64()
+                                .unwrap(),
+                        );
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(30), "some load", || {
+        let n = accepted.load(Ordering::Relaxed);
+        async move { (n >= 200).then_some(()) }
+    })
+    .await;
+    let pid = child.id().expect("a running child").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "a clean exit after SIGTERM: {status}");
+    let mut answered = Vec::new();
+    for c in clients {
+        answered.extend(c.await.unwrap());
+    }
+
+    let events = EventStore::read_after(&db.pool().await, 0, 100_000)
+        .await
+        .unwrap();
+    let committed: HashSet<i64> = events.iter().map(|e| e.position).collect();
+    assert!(
+        answered.iter().all(|p| committed.contains(p)),
+        "every answered command is stored"
+    );
+    // Published before the process exited: nothing restarted it.
+    let messages = read_stream(&stream.jetstream().await, &stream.name)
+        .await
+        .unwrap();
+    assert_exactly_once_in_order(&events, &messages);
+}

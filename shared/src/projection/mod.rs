@@ -1,0 +1,531 @@
+//! The read models' pure logic: documents of studies, subjects and
+//! observations, kept up to date event by event, and their ready-to-send
+//! JSON. No I/O: the projector loads the views an event touches, calls
+//! [`Views::project`], resolves the few [`Need`]s that require other rows
+//! (a new minimum after the old one was removed, a subject's latest value
+//! after it was retracted) and stores the views.
+
+mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+pub use stats::{Accumulator, Removed};
+
+use crate::domain::{
+    apply, AggregateState, DomainEvent, ObservationState, ObservationStatus, StudyCode,
+    StudyStatus, SubjectStatus, Variable, VariableKind,
+};
+use crate::envelope::{format_time, StoredEvent};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectCounts {
+    pub total: u64,
+    pub active: u64,
+    pub withdrawn: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservationCounts {
+    pub total: u64,
+    pub corrected: u64,
+    pub retracted: u64,
+    pub signed: u64,
+}
+
+impl ObservationCounts {
+    fn of(o: &ObservationState) -> Self {
+        Self {
+            total: 1,
+            corrected: u64::from(o.status == ObservationStatus::Corrected),
+            retracted: u64::from(o.status == ObservationStatus::Retracted),
+            signed: u64::from(!o.signatures.is_empty()),
+        }
+    }
+
+    fn shift(&mut self, before: Option<&ObservationState>, after: &ObservationState) {
+        if let Some(b) = before.map(Self::of) {
+            self.total -= b.total;
+            self.corrected -= b.corrected;
+            self.retracted -= b.retracted;
+            self.signed -= b.signed;
+        }
+        let a = Self::of(after);
+        self.total += a.total;
+        self.corrected += a.corrected;
+        self.retracted += a.retracted;
+        self.signed += a.signed;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyView {
+    pub id: Uuid,
+    pub code: StudyCode,
+    pub title: String,
+    pub principal_investigator: String,
+    pub description: Option<String>,
+    pub status: StudyStatus,
+    pub variables: Vec<Variable>,
+    pub version: i64,
+    pub subjects: SubjectCounts,
+    pub observations: ObservationCounts,
+    pub stats: BTreeMap<String, Accumulator>,
+    pub last_activity_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+/// The latest value of a variable for a subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Latest {
+    pub value: Value,
+    pub observed_at: DateTime<Utc>,
+    pub observation_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubjectView {
+    pub id: Uuid,
+    pub study_id: Uuid,
+    pub label: String,
+    pub attributes: Map<String, Value>,
+    pub status: SubjectStatus,
+    pub version: i64,
+    /// Observations that are not retracted.
+    pub observations: u64,
+    pub latest: BTreeMap<String, Latest>,
+    pub stats: BTreeMap<String, Accumulator>,
+    pub position: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservationView {
+    #[serde(flatten)]
+    pub state: ObservationState,
+    pub position: i64,
+}
+
+/// Work an event leaves for the projector, which needs other rows for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Need {
+    /// Recompute min and max of `variable` over the study's current values.
+    StudyExtremes { study_id: Uuid, variable: String },
+    /// The same over the subject's current values.
+    SubjectExtremes { subject_id: Uuid, variable: String },
+    /// Find the subject's latest non-null value of `variable` again.
+    Latest { subject_id: Uuid, variable: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error(
+        "event at position {position} refers to {what} {id}, which the read model does not hold"
+    )]
+    Missing {
+        position: i64,
+        what: &'static str,
+        id: Uuid,
+    },
+    #[error("event at position {position} cannot be decoded or applied: {why}")]
+    Invalid { position: i64, why: String },
+}
+
+/// The views one batch works on, keyed by id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Views {
+    pub studies: HashMap<Uuid, StudyView>,
+    pub subjects: HashMap<Uuid, SubjectView>,
+    pub observations: HashMap<Uuid, ObservationView>,
+}
+
+fn live(o: &ObservationState) -> bool {
+    o.status != ObservationStatus::Retracted
+}
+
+fn kind_of(variables: &[Variable], name: &str) -> Option<VariableKind> {
+    variables
+        .iter()
+        .find(|v| v.name.as_str() == name)
+        .map(|v| v.kind)
+}
+
+impl Views {
+    /// Applies one event to the views it touches (which must be loaded).
+    pub fn project(&mut self, event: &StoredEvent) -> Result<Vec<Need>, ProjectError> {
+        let position = event.position;
+        let invalid = |why: String| ProjectError::Invalid { position, why };
+        let domain = event.domain_event().map_err(|e| invalid(e.to_string()))?;
+        let meta = event.meta();
+        let missing = |what, id| ProjectError::Missing { position, what, id };
+        let mut needs = Vec::new();
+        match &domain {
+            DomainEvent::StudyRegistered(e) => {
+                self.studies.insert(
+                    e.study_id,
+                    StudyView {
+                        id: e.study_id,
+                        code: e.code.clone(),
+                        title: e.title.clone(),
+                        principal_investigator: e.principal_investigator.clone(),
+                        description: e.description.clone(),
+                        status: StudyStatus::Open,
+                        variables: e.variables.clone(),
+                        version: event.stream_version,
+                        subjects: SubjectCounts::default(),
+                        observations: ObservationCounts::default(),
+                        stats: BTreeMap::new(),
+                        last_activity_at: event.recorded_at,
+                        position,
+                    },
+                );
+            }
+            DomainEvent::StudyAmended(e) => {
+                let s = self
+                    .studies
+                    .get_mut(&event.aggregate_id)
+                    .ok_or(missing("study", event.aggregate_id))?;
+                if let Some(title) = &e.title {
+                    s.title = title.clone();
+                }
+                if let Some(description) = &e.description {
+                    s.description = Some(description.clone());
+                }
+                s.variables.extend(e.add_variables.iter().cloned());
+                s.version = event.stream_version;
+            }
+            DomainEvent::StudyClosed => {
+                let s = self
+                    .studies
+                    .get_mut(&event.aggregate_id)
+                    .ok_or(missing("study", event.aggregate_id))?;
+                s.status = StudyStatus::Closed;
+                s.version = event.stream_version;
+            }
+            DomainEvent::SubjectRegistered(e) => {
+                let s = self
+                    .studies
+                    .get_mut(&e.study_id)
+                    .ok_or(missing("study", e.study_id))?;
+                s.subjects.total += 1;
+                s.subjects.active += 1;
+                self.subjects.insert(
+                    e.subject_id,
+                    SubjectView {
+                        id: e.subject_id,
+                        study_id: e.study_id,
+                        label: e.label.clone(),
+                        attributes: e.attributes.clone(),
+                        status: SubjectStatus::Active,
+                        version: event.stream_version,
+                        observations: 0,
+                        latest: BTreeMap::new(),
+                        stats: BTreeMap::new(),
+                        position,
+                    },
+                );
+            }
+            DomainEvent::SubjectWithdrawn => {
+                let subject = self
+                    .subjects
+                    .get_mut(&event.aggregate_id)
+                    .ok_or(missing("subject", event.aggregate_id))?;
+                subject.status = SubjectStatus::Withdrawn;
+                subject.version = event.stream_version;
+                subject.position = position;
+                let s = self
+                    .studies
+                    .get_mut(&subject.study_id)
+                    .ok_or(missing("study", subject.study_id))?;
+                s.subjects.active -= 1;
+                s.subjects.withdrawn += 1;
+            }
+            _ => {
+                let id = event.aggregate_id;
+                let before = self.observations.get(&id).map(|v| v.state.clone());
+                let state = before.clone().map(AggregateState::Observation);
+                let after =
+                    match apply(state, &domain, &meta).map_err(|e| invalid(e.to_string()))? {
+                        AggregateState::Observation(o) => o,
+                        _ => return Err(invalid("not an observation event".into())),
+                    };
+                self.observation_changed(position, before.as_ref(), &after, &mut needs)?;
+                self.observations.insert(
+                    id,
+                    ObservationView {
+                        state: after,
+                        position,
+                    },
+                );
+            }
+        }
+        if let Some(study) = self.studies.get_mut(&event.study_id) {
+            study.last_activity_at = study.last_activity_at.max(event.recorded_at);
+            study.position = position;
+        }
+        Ok(needs)
+    }
+
+    /// Moves counts, statistics and latest values from `before` to `after`.
+    fn observation_changed(
+        &mut self,
+        position: i64,
+        before: Option<&ObservationState>,
+        after: &ObservationState,
+        needs: &mut Vec<Need>,
+    ) -> Result<(), ProjectError> {
+        let missing = |what, id| ProjectError::Missing { position, what, id };
+        let study = self
+            .studies
+            .get_mut(&after.study_id)
+            .ok_or(missing("study", after.study_id))?;
+        let subject = self
+            .subjects
+            .get_mut(&after.subject_id)
+            .ok_or(missing("subject", after.subject_id))?;
+        subject.position = position;
+        study.observations.shift(before, after);
+        let was_live = before.is_some_and(live);
+        let is_live = live(after);
+        subject.observations = subject.observations + u64::from(is_live) - u64::from(was_live);
+
+        let empty = BTreeMap::new();
+        let old_values = before.filter(|b| live(b)).map_or(&empty, |b| &b.values);
+        let new_values = if is_live { &after.values } else { &empty };
+        let names: std::collections::BTreeSet<&String> =
+            old_values.keys().chain(new_values.keys()).collect();
+        for name in names {
+            let old = old_values.get(name);
+            let new = new_values.get(name);
+            if old == new {
+                continue;
+            }
+            let Some(kind) = kind_of(&study.variables, name) else {
+                continue;
+            };
+            for (acc, need) in [
+                (
+                    study.stats.entry(name.clone()).or_default(),
+                    Need::StudyExtremes {
+                        study_id: study.id,
+                        variable: name.clone(),
+                    },
+                ),
+                (
+                    subject.stats.entry(name.clone()).or_default(),
+                    Need::SubjectExtremes {
+                        subject_id: subject.id,
+                        variable: name.clone(),
+                    },
+                ),
+            ] {
+                if let Some(new) = new {
+                    acc.add(kind, new);
+                }
+                if let Some(old) = old {
+                    if acc.remove(kind, old) == Removed::ExtremesStale {
+                        needs.push(need);
+                    }
+                }
+            }
+            // The subject's latest value of this variable.
+            let current = subject.latest.get(name);
+            let held_latest = current.is_some_and(|l| l.observation_id == after.id);
+            match new.filter(|v| !v.is_null()) {
+                Some(value) => {
+                    let newer = current.is_none_or(|l| {
+                        (after.observed_at, after.id) >= (l.observed_at, l.observation_id)
+                    });
+                    if newer {
+                        subject.latest.insert(
+                            name.clone(),
+                            Latest {
+                                value: value.clone(),
+                                observed_at: after.observed_at,
+                                observation_id: after.id,
+                            },
+                        );
+                    }
+                }
+                None if held_latest => needs.push(Need::Latest {
+                    subject_id: subject.id,
+                    variable: name.clone(),
+                }),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves needs from the observations held in `self` (for a replay that
+    /// holds every observation, and for tests).
+    pub fn resolve_in_memory(&mut self, needs: &[Need]) {
+        for need in needs {
+            match need {
+                Need::StudyExtremes { study_id, variable } => {
+                    let values: Vec<Value> = self
+                        .observations
+                        .values()
+                        .filter(|o| o.state.study_id == *study_id && live(&o.state))
+                        .filter_map(|o| o.state.values.get(variable).cloned())
+                        .collect();
+                    if let Some(acc) = self
+                        .studies
+                        .get_mut(study_id)
+                        .and_then(|s| s.stats.get_mut(variable))
+                    {
+                        acc.set_extremes(values.iter());
+                    }
+                }
+                Need::SubjectExtremes {
+                    subject_id,
+                    variable,
+                } => {
+                    let values: Vec<Value> = self
+                        .observations
+                        .values()
+                        .filter(|o| o.state.subject_id == *subject_id && live(&o.state))
+                        .filter_map(|o| o.state.values.get(variable).cloned())
+                        .collect();
+                    if let Some(acc) = self
+                        .subjects
+                        .get_mut(subject_id)
+                        .and_then(|s| s.stats.get_mut(variable))
+                    {
+                        acc.set_extremes(values.iter());
+                    }
+                }
+                Need::Latest {
+                    subject_id,
+                    variable,
+                } => {
+                    let latest = self
+                        .observations
+                        .values()
+                        .filter(|o| o.state.subject_id == *subject_id && live(&o.state))
+                        .filter_map(|o| {
+                            let v = o.state.values.get(variable).filter(|v| !v.is_null())?;
+                            Some(Latest {
+                                value: v.clone(),
+                                observed_at: o.state.observed_at,
+                                observation_id: o.state.id,
+                            })
+                        })
+                        .max_by_key(|l| (l.observed_at, l.observation_id));
+                    if let Some(subject) = self.subjects.get_mut(subject_id) {
+                        match latest {
+                            Some(l) => subject.latest.insert(variable.clone(), l),
+                            None => subject.latest.remove(variable),
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn variable_doc(v: &Variable, stats: Option<&Accumulator>) -> Value {
+    json!({
+        "name": v.name,
+        "kind": v.kind,
+        "unit": v.unit,
+        "min": v.min,
+        "max": v.max,
+        "categories": v.categories,
+        "stats": stats.cloned().unwrap_or_default().render(v.kind),
+    })
+}
+
+impl StudyView {
+    /// The study document of the contract.
+    pub fn document(&self) -> Value {
+        json!({
+            "id": self.id,
+            "code": self.code,
+            "title": self.title,
+            "principal_investigator": self.principal_investigator,
+            "description": self.description,
+            "status": self.status,
+            "subjects": self.subjects,
+            "observations": self.observations,
+            "variables": self.variables.iter().map(|v| variable_doc(v, self.stats.get(v.name.as_str()))).collect::<Vec<_>>(),
+            "last_activity_at": format_time(&self.last_activity_at),
+            "version": self.version,
+            "position": self.position,
+        })
+    }
+}
+
+impl SubjectView {
+    /// The subject document of the contract; the variables come from its study.
+    pub fn document(&self, variables: &[Variable]) -> Value {
+        let latest: Map<String, Value> = self
+            .latest
+            .iter()
+            .map(|(k, l)| {
+                (
+                    k.clone(),
+                    json!({"value": l.value, "observed_at": format_time(&l.observed_at), "observation_id": l.observation_id}),
+                )
+            })
+            .collect();
+        let variables: Vec<Value> = variables
+            .iter()
+            .map(|v| {
+                let stats = self
+                    .stats
+                    .get(v.name.as_str())
+                    .cloned()
+                    .unwrap_or_default()
+                    .render(v.kind);
+                json!({"name": v.name, "kind": v.kind, "unit": v.unit, "stats": stats})
+            })
+            .collect();
+        json!({
+            "id": self.id,
+            "study_id": self.study_id,
+            "label": self.label,
+            "attributes": self.attributes,
+            "status": self.status,
+            "observations": self.observations,
+            "latest": latest,
+            "variables": variables,
+            "version": self.version,
+            "position": self.position,
+        })
+    }
+}
+
+impl ObservationView {
+    /// The observation document of the contract.
+    pub fn document(&self) -> Value {
+        let o = &self.state;
+        json!({
+            "id": o.id,
+            "study_id": o.study_id,
+            "subject_id": o.subject_id,
+            "observed_at": format_time(&o.observed_at),
+            "values": o.values,
+            "original_values": o.original_values,
+            "comment": o.comment,
+            "status": o.status,
+            "corrections": o.corrections,
+            "signatures": o.signatures.iter().map(|s| json!({
+                "signer": s.signer, "meaning": s.meaning, "signed_at": format_time(&s.signed_at)
+            })).collect::<Vec<_>>(),
+            "recorded_by": o.recorded_by,
+            "recorded_at": format_time(&o.recorded_at),
+            "last_changed_by": o.last_changed_by,
+            "last_changed_at": format_time(&o.last_changed_at),
+            "last_change_reason": o.last_change_reason,
+            "version": o.version,
+            "position": self.position,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
