@@ -38,7 +38,8 @@ start_service() {
 
 command -v curl >/dev/null 2>&1 || { echo "[start] curl is needed" >&2; exit 1; }
 start_service command-api "$COMMAND_API_ADDR"
-echo "[start] the projector and the query API are not part of this build yet"
+start_service projector "$PROJECTOR_ADDR"
+echo "[start] the query API is not part of this build yet; the read models fill read_model.* tables"
 
 mint() { "$BIN/mint-token" --sub "$1" --roles "$2"; }
 WRITER=$(mint importer writer)

@@ -13,5 +13,6 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;
-    app.serve(listener, command_api::shutdown_signal()).await
+    app.serve(listener, shared::telemetry::shutdown_signal())
+        .await
 }

@@ -1,1 +1,125 @@
-fn main() {}
+//! `projector` binary: keeps the read models up to date until SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use clap::Parser;
+use projector::{Projector, ProjectorConfig};
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+/// Builds the read models from the event stream.
+#[derive(Debug, Parser)]
+#[command(name = "projector", version, about)]
+struct Config {
+    /// Address of /livez, /readyz and /metrics.
+    #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8083")]
+    addr: SocketAddr,
+    /// PostgreSQL primary (event store and read tables).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://research:research@127.0.0.1:5432/research"
+    )]
+    database_url: String,
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    #[arg(long, env = "NATS_STREAM", default_value = "RESEARCH_EVENTS")]
+    nats_stream: String,
+    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "research")]
+    nats_subject_prefix: String,
+    /// Name of the durable JetStream consumer.
+    #[arg(long, env = "PROJECTOR_CONSUMER", default_value = "projector")]
+    consumer: String,
+    /// How long to wait for messages before looking at the event store.
+    #[arg(long, env = "PROJECTOR_IDLE_WAIT", default_value = "500ms", value_parser = shared::config::parse_duration)]
+    idle_wait: Duration,
+    /// Most events applied in one transaction.
+    #[arg(long, env = "PROJECTOR_MAX_BATCH", default_value_t = 1000)]
+    max_batch: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    shared::telemetry::init("info,sqlx=warn");
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&config.database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    shared::MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying migrations")?;
+    // The projector works without NATS (from the event store), so a NATS
+    // that is down at start is not fatal.
+    let js = match async_nats::ConnectOptions::new()
+        .name("projector")
+        .retry_on_initial_connect()
+        .connect(&config.nats_url)
+        .await
+    {
+        Ok(client) => Some(async_nats::jetstream::new(client)),
+        Err(error) => {
+            tracing::warn!(%error, "NATS unreachable; projecting from the event store");
+            None
+        }
+    };
+    let projector = Projector::new(
+        pool.clone(),
+        js,
+        ProjectorConfig {
+            nats_stream: config.nats_stream.clone(),
+            subject_prefix: config.nats_subject_prefix.clone(),
+            consumer: config.consumer.clone(),
+            idle_wait: config.idle_wait,
+            max_batch: config.max_batch,
+        },
+    )
+    .await?;
+    let healthy = projector.healthy.clone();
+    let shutdown = CancellationToken::new();
+    let ready_pool = pool.clone();
+    let router = Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let (pool, healthy) = (ready_pool.clone(), healthy.clone());
+                async move {
+                    let db = sqlx::query("SELECT 1").execute(&pool).await.is_ok();
+                    if db && healthy.load(Ordering::Relaxed) {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(move || async move { metrics.render() }));
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("binding {}", config.addr))?;
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
+    });
+    let worker = tokio::spawn(projector.run(shutdown.clone()));
+    shared::telemetry::shutdown_signal().await;
+    shutdown.cancel();
+    let _ = worker.await;
+    let _ = http.await;
+    Ok(())
+}

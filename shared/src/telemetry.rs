@@ -1,5 +1,6 @@
-//! Logging set-up shared by the binaries: `RUST_LOG` filters, and
-//! `LOG_FORMAT=json` switches to one JSON object a line for log shippers.
+//! Logging set-up shared by the binaries (`RUST_LOG` filters, and
+//! `LOG_FORMAT=json` switches to one JSON object a line for log shippers),
+//! and the shutdown signal they all wait for.
 
 use tracing_subscriber::EnvFilter;
 
@@ -15,4 +16,27 @@ pub fn init(default_filter: &str) {
     } else {
         builder.init();
     }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested");
 }

@@ -118,6 +118,9 @@ pub enum Need {
     SubjectExtremes { subject_id: Uuid, variable: String },
     /// Find the subject's latest non-null value of `variable` again.
     Latest { subject_id: Uuid, variable: String },
+    /// The study's variables changed, so every subject document of the
+    /// study changes: load the subjects not held and give them `position`.
+    StudySubjects { study_id: Uuid, position: i64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +199,20 @@ impl Views {
                 }
                 s.variables.extend(e.add_variables.iter().cloned());
                 s.version = event.stream_version;
+                if !e.add_variables.is_empty() {
+                    // Subject documents list the study's variables.
+                    for subject in self
+                        .subjects
+                        .values_mut()
+                        .filter(|x| x.study_id == event.aggregate_id)
+                    {
+                        subject.position = position;
+                    }
+                    needs.push(Need::StudySubjects {
+                        study_id: event.aggregate_id,
+                        position,
+                    });
+                }
             }
             DomainEvent::StudyClosed => {
                 let s = self
@@ -365,6 +382,8 @@ impl Views {
     pub fn resolve_in_memory(&mut self, needs: &[Need]) {
         for need in needs {
             match need {
+                // Every subject is held already, and was moved by `project`.
+                Need::StudySubjects { .. } => {}
                 Need::StudyExtremes { study_id, variable } => {
                     let values: Vec<Value> = self
                         .observations

@@ -5,5 +5,6 @@ mod commands;
 mod concurrency;
 mod env;
 mod input;
+mod projection;
 mod publishing;
 mod store;

@@ -1,0 +1,255 @@
+//! The projector: turns the event stream into the read models.
+//!
+//! NATS JetStream is the fast path and the event store is the truth: events
+//! arrive through a durable pull consumer, and whenever they do not continue
+//! the checkpoint exactly (a gap, a lost or purged message, NATS down) the
+//! missing range is read from the event store instead. Each batch is applied
+//! in one transaction that also moves the checkpoint; messages are acked
+//! only after that commit, and an event at or below the checkpoint is a
+//! no-op, so redelivery and duplicates change nothing.
+//!
+//! Layout: [`views`] loads and stores the read tables; this file holds the
+//! consumer loop ([`Projector::step`]) and the HTTP endpoints.
+
+pub mod views;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures::StreamExt;
+use shared::envelope::StoredEvent;
+use shared::store::EventStore;
+use sqlx::{Connection, PgPool};
+
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    pub nats_stream: String,
+    pub subject_prefix: String,
+    pub consumer: String,
+    /// How long a fetch waits for messages before looking at the store.
+    pub idle_wait: Duration,
+    /// Most events applied in one transaction.
+    pub max_batch: usize,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub applied: usize,
+    /// Events read from the event store rather than NATS.
+    pub backfilled: usize,
+    pub checkpoint: i64,
+}
+
+pub struct Projector {
+    pool: PgPool,
+    js: Option<jetstream::Context>,
+    config: ProjectorConfig,
+    consumer: Option<consumer::PullConsumer>,
+    checkpoint: i64,
+    pub healthy: Arc<AtomicBool>,
+}
+
+impl Projector {
+    pub async fn new(
+        pool: PgPool,
+        js: Option<jetstream::Context>,
+        config: ProjectorConfig,
+    ) -> anyhow::Result<Self> {
+        let checkpoint: i64 = sqlx::query_scalar("SELECT position FROM read_model.checkpoint")
+            .fetch_one(&pool)
+            .await
+            .context("reading the projection checkpoint")?;
+        tracing::info!(checkpoint, "projector starting");
+        Ok(Self {
+            pool,
+            js,
+            config,
+            consumer: None,
+            checkpoint,
+            healthy: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    pub fn checkpoint(&self) -> i64 {
+        self.checkpoint
+    }
+
+    async fn consumer(&mut self) -> anyhow::Result<&consumer::PullConsumer> {
+        if self.consumer.is_none() {
+            let js = self.js.as_ref().context("no NATS connection")?;
+            let stream = js
+                .get_stream(&self.config.nats_stream)
+                .await
+                .context("looking up the stream")?;
+            let consumer = stream
+                .get_or_create_consumer(
+                    &self.config.consumer,
+                    consumer::pull::Config {
+                        durable_name: Some(self.config.consumer.clone()),
+                        ack_policy: consumer::AckPolicy::All,
+                        filter_subject: format!("{}.>", self.config.subject_prefix),
+                        max_ack_pending: 100_000,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .context("creating the durable consumer")?;
+            self.consumer = Some(consumer);
+        }
+        self.consumer.as_ref().context("consumer was just set")
+    }
+
+    /// Messages from NATS, or an error when NATS cannot deliver now.
+    async fn fetch(&mut self) -> anyhow::Result<(Vec<StoredEvent>, Option<jetstream::Message>)> {
+        let (wait, max) = (self.config.idle_wait, self.config.max_batch);
+        let consumer = self.consumer().await?;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(max)
+            .expires(wait)
+            .messages()
+            .await
+            .context("fetching messages")?;
+        let mut events = Vec::new();
+        let mut last = None;
+        while let Some(message) = batch.next().await {
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a message could not be fetched; the store fills the gap");
+                    break;
+                }
+            };
+            match std::str::from_utf8(&message.payload)
+                .ok()
+                .and_then(|text| StoredEvent::from_cloud_event(text).ok())
+            {
+                Some(event) => events.push(event),
+                None => {
+                    tracing::warn!(subject = %message.subject, "skipping a message that is not an event")
+                }
+            }
+            last = Some(message);
+        }
+        Ok((events, last))
+    }
+
+    /// Applies the next batch, if there is one.
+    pub async fn step(&mut self) -> anyhow::Result<Outcome> {
+        let (mut events, last_message) = match self.fetch().await {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                if self.consumer.take().is_some() || self.js.is_some() {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "NATS unavailable; reading the event store"
+                    );
+                }
+                metrics::counter!("projector_nats_failures_total").increment(1);
+                (Vec::new(), None)
+            }
+        };
+        events.retain(|e| e.position > self.checkpoint);
+        events.sort_by_key(|e| e.position);
+        events.dedup_by_key(|e| e.position);
+        let contiguous = events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.position == self.checkpoint + 1 + i as i64);
+        let mut backfilled = 0;
+        if events.is_empty() || !contiguous {
+            // Either nothing came (NATS idle, down, or behind) or something
+            // is missing: the event store decides.
+            let upto = events.last().map(|e| e.position);
+            let max = self.config.max_batch as i64;
+            let limit = upto.map_or(max, |u| (u - self.checkpoint).min(max));
+            events = EventStore::read_after(&self.pool, self.checkpoint, limit)
+                .await
+                .context("reading events from the event store")?;
+            backfilled = events.len();
+            if backfilled > 0 {
+                metrics::counter!("projector_backfilled_events_total").increment(backfilled as u64);
+            }
+        }
+        if !events.is_empty() {
+            self.apply(&events).await?;
+        }
+        if let Some(message) = last_message {
+            // AckPolicy::All: acknowledging the last acknowledges the batch.
+            if let Err(e) = message.ack_with(AckKind::Ack).await {
+                tracing::warn!(error = %e, "ack failed; the messages will be redelivered and skipped");
+            }
+        }
+        Ok(Outcome {
+            applied: events.len(),
+            backfilled,
+            checkpoint: self.checkpoint,
+        })
+    }
+
+    /// Applies contiguous events after the checkpoint in one transaction.
+    async fn apply(&mut self, events: &[StoredEvent]) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .context("acquiring a connection")?;
+        let mut tx = conn.begin().await.context("beginning the batch")?;
+        let mut views = views::load(&mut tx, events).await?;
+        for event in events {
+            let needs = views.project(event)?;
+            if !needs.is_empty() {
+                views::resolve(&mut tx, &mut views, needs).await?;
+            }
+        }
+        let last = events.last().map_or(self.checkpoint, |e| e.position);
+        views::store(&mut tx, &views, last).await?;
+        tx.commit().await.context("committing the batch")?;
+        self.checkpoint = last;
+        metrics::histogram!("projector_batch_events").record(events.len() as f64);
+        metrics::histogram!("projector_apply_seconds").record(started.elapsed().as_secs_f64());
+        metrics::gauge!("projector_checkpoint_position").set(last as f64);
+        if let Some(e) = events.last() {
+            let lag = (chrono::Utc::now() - e.recorded_at)
+                .num_milliseconds()
+                .max(0) as f64
+                / 1000.0;
+            metrics::gauge!("projector_lag_seconds").set(lag);
+        }
+        tracing::debug!(batch_len = events.len(), position = last, "batch applied");
+        Ok(())
+    }
+
+    /// Steps until `shutdown`, finishing the current batch first.
+    pub async fn run(mut self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            // A started batch is finished, never abandoned half-way.
+            match self.step().await {
+                Ok(_) => {
+                    self.healthy.store(true, Ordering::Relaxed);
+                    backoff = Duration::from_millis(100);
+                }
+                Err(error) => {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        checkpoint = self.checkpoint,
+                        "projection step failed"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::info!(checkpoint = self.checkpoint, "projector stopped");
+    }
+}

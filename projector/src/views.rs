@@ -1,0 +1,322 @@
+//! The read tables: loading the views a batch of events touches, resolving
+//! the projection's needs against stored and in-memory observations, and
+//! storing views, documents and the checkpoint in the batch's transaction.
+
+use std::collections::{BTreeSet, HashSet};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use shared::domain::DomainEvent;
+use shared::envelope::StoredEvent;
+use shared::projection::{Latest, Need, ObservationView, StudyView, SubjectView, Views};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Loads every view `events` touch.
+pub async fn load(conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<Views> {
+    let mut views = Views::default();
+    let mut observation_ids = HashSet::new();
+    let mut subject_ids = HashSet::new();
+    let study_ids: HashSet<Uuid> = events.iter().map(|e| e.study_id).collect();
+    for e in events {
+        match e.aggregate_type.as_str() {
+            "observation" => {
+                observation_ids.insert(e.aggregate_id);
+                if let Ok(DomainEvent::ObservationRecorded(r)) = e.domain_event() {
+                    subject_ids.insert(r.subject_id);
+                }
+            }
+            "subject" => {
+                subject_ids.insert(e.aggregate_id);
+            }
+            _ => {}
+        }
+    }
+    let ids: Vec<Uuid> = observation_ids.into_iter().collect();
+    let rows: Vec<(Value,)> =
+        sqlx::query_as("SELECT state FROM read_model.observations WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await
+            .context("loading observation views")?;
+    for (state,) in rows {
+        let view: ObservationView =
+            serde_json::from_value(state).context("decoding an observation view")?;
+        subject_ids.insert(view.state.subject_id);
+        views.observations.insert(view.state.id, view);
+    }
+    let ids: Vec<Uuid> = subject_ids.into_iter().collect();
+    let rows: Vec<(Value,)> =
+        sqlx::query_as("SELECT state FROM read_model.subjects WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await
+            .context("loading subject views")?;
+    for (state,) in rows {
+        let view: SubjectView = serde_json::from_value(state).context("decoding a subject view")?;
+        views.subjects.insert(view.id, view);
+    }
+    let ids: Vec<Uuid> = study_ids.into_iter().collect();
+    let rows: Vec<(Value,)> =
+        sqlx::query_as("SELECT state FROM read_model.studies WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await
+            .context("loading study views")?;
+    for (state,) in rows {
+        let view: StudyView = serde_json::from_value(state).context("decoding a study view")?;
+        views.studies.insert(view.id, view);
+    }
+    Ok(views)
+}
+
+/// Resolves needs from the stored observations, overridden by the ones this
+/// batch holds in memory (which are newer).
+pub async fn resolve(
+    conn: &mut PgConnection,
+    views: &mut Views,
+    needs: Vec<Need>,
+) -> anyhow::Result<()> {
+    let needs: BTreeSet<Need> = needs.into_iter().collect();
+    let in_memory: Vec<Uuid> = views.observations.keys().copied().collect();
+    for need in needs {
+        match need {
+            Need::StudyExtremes { study_id, variable } => {
+                let stored: Vec<(Value,)> = sqlx::query_as(
+                    "SELECT \"values\" -> $2 FROM read_model.observations \
+                     WHERE study_id = $1 AND live AND \"values\" ? $2 AND NOT (id = ANY($3))",
+                )
+                .bind(study_id)
+                .bind(&variable)
+                .bind(&in_memory)
+                .fetch_all(&mut *conn)
+                .await
+                .context("reading a study's current values")?;
+                let memory = views
+                    .observations
+                    .values()
+                    .filter(|o| o.state.study_id == study_id && live(o))
+                    .filter_map(|o| o.state.values.get(&variable).cloned());
+                let values: Vec<Value> = stored.into_iter().map(|(v,)| v).chain(memory).collect();
+                if let Some(acc) = views
+                    .studies
+                    .get_mut(&study_id)
+                    .and_then(|s| s.stats.get_mut(&variable))
+                {
+                    acc.set_extremes(values.iter());
+                }
+            }
+            Need::SubjectExtremes {
+                subject_id,
+                variable,
+            } => {
+                let stored: Vec<(Value,)> = sqlx::query_as(
+                    "SELECT \"values\" -> $2 FROM read_model.observations \
+                     WHERE subject_id = $1 AND live AND \"values\" ? $2 AND NOT (id = ANY($3))",
+                )
+                .bind(subject_id)
+                .bind(&variable)
+                .bind(&in_memory)
+                .fetch_all(&mut *conn)
+                .await
+                .context("reading a subject's current values")?;
+                let memory = views
+                    .observations
+                    .values()
+                    .filter(|o| o.state.subject_id == subject_id && live(o))
+                    .filter_map(|o| o.state.values.get(&variable).cloned());
+                let values: Vec<Value> = stored.into_iter().map(|(v,)| v).chain(memory).collect();
+                if let Some(acc) = views
+                    .subjects
+                    .get_mut(&subject_id)
+                    .and_then(|s| s.stats.get_mut(&variable))
+                {
+                    acc.set_extremes(values.iter());
+                }
+            }
+            Need::StudySubjects { study_id, position } => {
+                let held: Vec<Uuid> = views.subjects.keys().copied().collect();
+                let rows: Vec<(Value,)> =
+                    sqlx::query_as("SELECT state FROM read_model.subjects WHERE study_id = $1 AND NOT (id = ANY($2))")
+                        .bind(study_id)
+                        .bind(&held)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .context("loading a study's subjects")?;
+                for (state,) in rows {
+                    let mut view: SubjectView =
+                        serde_json::from_value(state).context("decoding a subject view")?;
+                    view.position = position;
+                    views.subjects.insert(view.id, view);
+                }
+            }
+            Need::Latest {
+                subject_id,
+                variable,
+            } => {
+                let stored: Option<(Uuid, DateTime<Utc>, Value)> = sqlx::query_as(
+                    "SELECT id, observed_at, \"values\" -> $2 FROM read_model.observations \
+                     WHERE subject_id = $1 AND live AND \"values\" ? $2 AND \"values\" -> $2 <> 'null'::jsonb \
+                       AND NOT (id = ANY($3)) \
+                     ORDER BY observed_at DESC, id DESC LIMIT 1",
+                )
+                .bind(subject_id)
+                .bind(&variable)
+                .bind(&in_memory)
+                .fetch_optional(&mut *conn)
+                .await
+                .context("finding a subject's latest value")?;
+                let memory = views
+                    .observations
+                    .values()
+                    .filter(|o| o.state.subject_id == subject_id && live(o))
+                    .filter_map(|o| {
+                        let v = o.state.values.get(&variable).filter(|v| !v.is_null())?;
+                        Some(Latest {
+                            value: v.clone(),
+                            observed_at: o.state.observed_at,
+                            observation_id: o.state.id,
+                        })
+                    });
+                let latest = stored
+                    .map(|(observation_id, observed_at, value)| Latest {
+                        value,
+                        observed_at,
+                        observation_id,
+                    })
+                    .into_iter()
+                    .chain(memory)
+                    .max_by_key(|l| (l.observed_at, l.observation_id));
+                if let Some(subject) = views.subjects.get_mut(&subject_id) {
+                    match latest {
+                        Some(l) => subject.latest.insert(variable, l),
+                        None => subject.latest.remove(&variable),
+                    };
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn live(o: &ObservationView) -> bool {
+    o.state.status != shared::domain::ObservationStatus::Retracted
+}
+
+/// Stores the views and their documents, and moves the checkpoint.
+pub async fn store(conn: &mut PgConnection, views: &Views, checkpoint: i64) -> anyhow::Result<()> {
+    let mut ids = Vec::new();
+    let mut codes = Vec::new();
+    let mut states = Vec::new();
+    let mut bodies = Vec::new();
+    let mut positions = Vec::new();
+    for s in views.studies.values() {
+        ids.push(s.id);
+        codes.push(s.code.as_str().to_owned());
+        states.push(serde_json::to_value(s)?);
+        bodies.push(s.document().to_string().into_bytes());
+        positions.push(s.position);
+    }
+    sqlx::query(
+        "INSERT INTO read_model.studies (id, code, state, body, position) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::bytea[], $5::int8[]) \
+         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position",
+    )
+    .bind(&ids)
+    .bind(&codes)
+    .bind(&states)
+    .bind(&bodies)
+    .bind(&positions)
+    .execute(&mut *conn)
+    .await
+    .context("storing study views")?;
+
+    let (mut ids, mut study_ids, mut labels, mut states, mut bodies, mut positions) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for s in views.subjects.values() {
+        let variables = views
+            .studies
+            .get(&s.study_id)
+            .map(|st| st.variables.as_slice())
+            .unwrap_or_default();
+        ids.push(s.id);
+        study_ids.push(s.study_id);
+        labels.push(s.label.clone());
+        states.push(serde_json::to_value(s)?);
+        bodies.push(s.document(variables).to_string().into_bytes());
+        positions.push(s.position);
+    }
+    sqlx::query(
+        "INSERT INTO read_model.subjects (id, study_id, label, state, body, position) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::bytea[], $6::int8[]) \
+         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position",
+    )
+    .bind(&ids)
+    .bind(&study_ids)
+    .bind(&labels)
+    .bind(&states)
+    .bind(&bodies)
+    .bind(&positions)
+    .execute(&mut *conn)
+    .await
+    .context("storing subject views")?;
+
+    let mut rows = ObservationRows::default();
+    for o in views.observations.values() {
+        rows.ids.push(o.state.id);
+        rows.study_ids.push(o.state.study_id);
+        rows.subject_ids.push(o.state.subject_id);
+        rows.observed_at.push(o.state.observed_at);
+        rows.live.push(live(o));
+        rows.values.push(serde_json::to_value(&o.state.values)?);
+        rows.states.push(serde_json::to_value(o)?);
+        rows.bodies.push(o.document().to_string().into_bytes());
+        rows.positions.push(o.position);
+    }
+    sqlx::query(
+        "INSERT INTO read_model.observations (id, study_id, subject_id, observed_at, live, \"values\", state, body, position) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::bool[], $6::jsonb[], \
+                              $7::jsonb[], $8::bytea[], $9::int8[]) \
+         ON CONFLICT (id) DO UPDATE SET live = EXCLUDED.live, \"values\" = EXCLUDED.\"values\", \
+           state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position",
+    )
+    .bind(&rows.ids)
+    .bind(&rows.study_ids)
+    .bind(&rows.subject_ids)
+    .bind(&rows.observed_at)
+    .bind(&rows.live)
+    .bind(&rows.values)
+    .bind(&rows.states)
+    .bind(&rows.bodies)
+    .bind(&rows.positions)
+    .execute(&mut *conn)
+    .await
+    .context("storing observation views")?;
+
+    sqlx::query("UPDATE read_model.checkpoint SET position = $1")
+        .bind(checkpoint)
+        .execute(&mut *conn)
+        .await
+        .context("moving the checkpoint")?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct ObservationRows {
+    ids: Vec<Uuid>,
+    study_ids: Vec<Uuid>,
+    subject_ids: Vec<Uuid>,
+    observed_at: Vec<DateTime<Utc>>,
+    live: Vec<bool>,
+    values: Vec<Value>,
+    states: Vec<Value>,
+    bodies: Vec<Vec<u8>>,
+    positions: Vec<i64>,
+}

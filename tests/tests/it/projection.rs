@@ -1,0 +1,289 @@
+//! The projector against a from-scratch replay of the event store: real
+//! penguin records with corrections, retractions, signatures, withdrawals
+//! and an amendment; with NATS as delivered, with a message lost, with every
+//! message delivered twice, and with no NATS at all.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use projector::{Projector, ProjectorConfig};
+use serde_json::{json, Value};
+use shared::envelope::StoredEvent;
+use shared::projection::Views;
+use shared::store::EventStore;
+use sqlx::PgPool;
+use tests::{read_stream, wait_until};
+use uuid::Uuid;
+
+use crate::env::Env;
+
+/// Loads the first penguin season through the batch endpoint and changes
+/// some of it; answers the observation ids.
+async fn history(env: &Env) -> Vec<Uuid> {
+    let study = env.study().await;
+    let data = &tests::penguins()[0];
+    let mut commands = Vec::new();
+    let mut subjects = Vec::new();
+    for s in &data.subjects {
+        let id = Uuid::now_v7();
+        subjects.push(id);
+        commands.push(
+            json!({"type": "RegisterSubject", "target": study, "subject_id": id,
+                             "label": s.label, "attributes": s.attributes}),
+        );
+    }
+    let mut observations = Vec::new();
+    let mut originals = Vec::new();
+    for (s, id) in data.subjects.iter().zip(&subjects) {
+        for o in &s.observations {
+            let oid = Uuid::now_v7();
+            observations.push(oid);
+            originals.push(o.values.clone());
+            let mut item = o.record_body();
+            item["type"] = json!("RecordObservation");
+            item["target"] = json!(id);
+            item["observation_id"] = json!(oid);
+            commands.push(item);
+        }
+    }
+    let answer = env
+        .api
+        .post("/v1/commands", &env.writer, &json!({"commands": commands}))
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["status"].as_u64().unwrap() < 300));
+    for (i, o) in observations.iter().enumerate().take(40) {
+        let path = match i % 4 {
+            0 => format!("/v1/observations/{o}/corrections"),
+            1 => format!("/v1/observations/{o}/retraction"),
+            2 => format!("/v1/observations/{o}/signatures"),
+            _ => format!("/v1/observations/{o}/corrections"),
+        };
+        let (token, body) = match i % 4 {
+            0 => (
+                &env.writer2,
+                json!({"values": {"body_mass_g": 3000 + i as i64}, "reason": "re-weighed"}),
+            ),
+            1 => (&env.writer, json!({"reason": "wrong nest"})),
+            2 => (&env.reviewer, json!({"meaning": "approved"})),
+            // To null (measured as missing), or from null where it was missing.
+            _ if originals[i]["culmen_length_mm"].is_null() => (
+                &env.writer2,
+                json!({"values": {"culmen_length_mm": 40.0}, "reason": "field sheet found"}),
+            ),
+            _ => (
+                &env.writer2,
+                json!({"values": {"culmen_length_mm": null}, "reason": "caliper broken"}),
+            ),
+        };
+        let a = env.api.post(&path, token, &body).await;
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.bytes));
+    }
+    let withdraw = env
+        .api
+        .post(
+            &format!("/v1/subjects/{}/withdrawal", subjects[3]),
+            &env.writer,
+            &json!({"reason": "nest abandoned"}),
+        )
+        .await;
+    assert_eq!(withdraw.status, 200);
+    let amend = json!({"add_variables": [{"name": "nest_count", "kind": "integer"}], "reason": "protocol v2"});
+    assert_eq!(
+        env.api
+            .post(
+                &format!("/v1/studies/{study}/amendments"),
+                &env.writer,
+                &amend
+            )
+            .await
+            .status,
+        200
+    );
+    observations
+}
+
+fn config(env: &Env, consumer: &str) -> ProjectorConfig {
+    ProjectorConfig {
+        nats_stream: env.stream.name.clone(),
+        subject_prefix: env.stream.prefix.clone(),
+        consumer: consumer.to_owned(),
+        idle_wait: Duration::from_millis(100),
+        max_batch: 1000,
+    }
+}
+
+async fn head(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Steps until the checkpoint reaches the head of the log.
+async fn catch_up(projector: &mut Projector, pool: &PgPool) -> usize {
+    let target = head(pool).await;
+    let mut backfilled = 0;
+    for _ in 0..10_000 {
+        if projector.checkpoint() >= target {
+            return backfilled;
+        }
+        backfilled += projector
+            .step()
+            .await
+            .expect("a projection step")
+            .backfilled;
+    }
+    panic!("the projector did not catch up with {target}");
+}
+
+/// The documents a from-scratch replay of every stored event renders.
+fn replay(events: &[StoredEvent]) -> HashMap<Uuid, Value> {
+    let mut views = Views::default();
+    for e in events {
+        let needs = views.project(e).unwrap();
+        views.resolve_in_memory(&needs);
+    }
+    let mut docs = HashMap::new();
+    for s in views.studies.values() {
+        docs.insert(s.id, s.document());
+    }
+    for s in views.subjects.values() {
+        docs.insert(s.id, s.document(&views.studies[&s.study_id].variables));
+    }
+    for o in views.observations.values() {
+        docs.insert(o.state.id, o.document());
+    }
+    docs
+}
+
+async fn stored_documents(pool: &PgPool) -> HashMap<Uuid, Value> {
+    let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, body FROM read_model.studies UNION ALL SELECT id, body FROM read_model.subjects \
+         UNION ALL SELECT id, body FROM read_model.observations",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(id, body)| (id, serde_json::from_slice(&body).unwrap()))
+        .collect()
+}
+
+async fn assert_matches_replay(pool: &PgPool) {
+    let events = EventStore::read_after(pool, 0, 1_000_000).await.unwrap();
+    let expected = replay(&events);
+    let stored = stored_documents(pool).await;
+    assert_eq!(stored.len(), expected.len(), "one document per aggregate");
+    for (id, doc) in &expected {
+        assert_eq!(stored.get(id), Some(doc), "document {id}");
+    }
+}
+
+#[tokio::test]
+async fn incremental_projection_equals_a_replay_of_the_log() {
+    let env = Env::start().await;
+    let pool = env.db.pool().await;
+    history(&env).await;
+    let js = env.stream.jetstream().await;
+    // Wait until everything is published, so the fast path carries it.
+    let n = head(&pool).await as usize;
+    wait_until(Duration::from_secs(30), "publishing", || {
+        let js = js.clone();
+        let name = env.stream.name.clone();
+        async move { (read_stream(&js, &name).await.ok()?.len() >= n).then_some(()) }
+    })
+    .await;
+    // Small batches, so that views and needs cross batch boundaries.
+    let small = ProjectorConfig {
+        max_batch: 7,
+        ..config(&env, "projector")
+    };
+    let mut projector = Projector::new(pool.clone(), Some(js), small).await.unwrap();
+    let backfilled = catch_up(&mut projector, &pool).await;
+    assert_eq!(backfilled, 0, "every event came through NATS");
+    assert_matches_replay(&pool).await;
+
+    // A study document carries the statistics of the real values.
+    let (body,): (Vec<u8>,) = sqlx::query_as("SELECT body FROM read_model.studies")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let study: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(study["subjects"]["withdrawn"], 1);
+    assert_eq!(study["observations"]["retracted"], 10);
+    let mass = study["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "body_mass_g")
+        .unwrap();
+    assert!(mass["stats"]["n"].as_u64().unwrap() > 90, "{mass}");
+}
+
+#[tokio::test]
+async fn a_lost_message_is_backfilled_from_the_event_store() {
+    let env = Env::start().await;
+    let pool = env.db.pool().await;
+    history(&env).await;
+    let js = env.stream.jetstream().await;
+    let n = head(&pool).await as usize;
+    wait_until(Duration::from_secs(30), "publishing", || {
+        let js = js.clone();
+        let name = env.stream.name.clone();
+        async move { (read_stream(&js, &name).await.ok()?.len() >= n).then_some(()) }
+    })
+    .await;
+    // NATS loses message 5 (its stream sequence is its position).
+    let stream = js.get_stream(&env.stream.name).await.unwrap();
+    assert!(stream.delete_message(5).await.unwrap());
+    let mut projector = Projector::new(pool.clone(), Some(js), config(&env, "lossy"))
+        .await
+        .unwrap();
+    let backfilled = catch_up(&mut projector, &pool).await;
+    assert!(backfilled > 0, "the hole was filled from the event store");
+    assert_matches_replay(&pool).await;
+}
+
+#[tokio::test]
+async fn redelivered_and_duplicated_events_change_nothing() {
+    let env = Env::start().await;
+    let pool = env.db.pool().await;
+    history(&env).await;
+    let js = env.stream.jetstream().await;
+    let mut projector = Projector::new(pool.clone(), Some(js.clone()), config(&env, "first"))
+        .await
+        .unwrap();
+    catch_up(&mut projector, &pool).await;
+    let before = stored_documents(&pool).await;
+    // A second consumer delivers the whole stream again.
+    let mut again = Projector::new(pool.clone(), Some(js), config(&env, "second"))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let outcome = again.step().await.unwrap();
+        assert_eq!(
+            outcome.applied, 0,
+            "nothing at or below the checkpoint is applied"
+        );
+    }
+    assert_eq!(stored_documents(&pool).await, before);
+    assert_matches_replay(&pool).await;
+}
+
+#[tokio::test]
+async fn without_nats_the_projector_reads_the_event_store() {
+    let env = Env::start().await;
+    let pool = env.db.pool().await;
+    history(&env).await;
+    let mut projector = Projector::new(pool.clone(), None, config(&env, "none"))
+        .await
+        .unwrap();
+    let backfilled = catch_up(&mut projector, &pool).await;
+    assert_eq!(backfilled as i64, head(&pool).await);
+    assert_matches_replay(&pool).await;
+}
