@@ -41,7 +41,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub nats: async_nats::Client,
     pub request_timeout: Duration,
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub metrics: Option<shared::telemetry::PrometheusHandle>,
 }
 
 impl HasAuthenticator for AppState {

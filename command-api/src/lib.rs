@@ -23,11 +23,10 @@ pub mod openapi;
 pub mod publisher;
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use shared::auth::Authenticator;
 use shared::store::{AppenderConfig, EventStore};
 use sqlx::postgres::PgPoolOptions;
@@ -47,24 +46,6 @@ pub struct App {
     publisher: JoinHandle<()>,
     housekeeping: JoinHandle<()>,
     stop_background: CancellationToken,
-}
-
-/// Installs the Prometheus recorder once per process.
-pub fn install_metrics() -> Option<PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ];
-            PrometheusBuilder::new()
-                .set_buckets(&buckets)
-                .ok()?
-                .install_recorder()
-                .ok()
-        })
-        .clone()
 }
 
 impl App {
@@ -128,7 +109,7 @@ impl App {
             ),
             nats,
             request_timeout: config.request_timeout,
-            metrics: install_metrics(),
+            metrics: shared::telemetry::install_metrics(),
         });
         Ok(Self {
             state,

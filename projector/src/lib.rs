@@ -175,7 +175,10 @@ impl Projector {
                 metrics::counter!("projector_backfilled_events_total").increment(backfilled as u64);
             }
         }
-        if !events.is_empty() {
+        if events.is_empty() {
+            // Caught up with the event store.
+            metrics::gauge!("projector_lag_seconds").set(0.0);
+        } else {
             self.apply(&events).await?;
         }
         if let Some(message) = last_message {

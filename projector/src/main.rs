@@ -48,9 +48,8 @@ struct Config {
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     shared::telemetry::init("info,sqlx=warn");
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let metrics =
+        shared::telemetry::install_metrics().context("installing the metrics recorder")?;
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(5))

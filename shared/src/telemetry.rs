@@ -2,6 +2,10 @@
 //! `LOG_FORMAT=json` switches to one JSON object a line for log shippers),
 //! and the shutdown signal they all wait for.
 
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+pub use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(default_filter: &str) {
@@ -39,4 +43,22 @@ pub async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutdown requested");
+}
+
+/// Installs the Prometheus recorder once per process.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .clone()
 }
