@@ -16,7 +16,10 @@ use async_nats::jetstream::{self, context::Publish, stream};
 use shared::envelope::StoredEvent;
 use shared::store::EventStore;
 use sqlx::PgPool;
-use tokio::sync::watch;
+use std::collections::BTreeMap;
+
+use shared::store::Committed;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// Advisory lock key held by the publishing process (`'publish!'`).
@@ -61,7 +64,7 @@ pub async fn run(
     pool: PgPool,
     js: jetstream::Context,
     config: PublisherConfig,
-    mut committed: watch::Receiver<i64>,
+    committed: broadcast::Sender<Committed>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -94,7 +97,8 @@ pub async fn run(
             }
         };
         tracing::info!(stream = config.stream, "publishing events to JetStream");
-        match publish(&pool, &js, &config, &mut committed, &shutdown).await {
+        // Subscribed before reading the tail, so no commit falls between.
+        match publish(&pool, &js, &config, committed.subscribe(), &shutdown).await {
             Ok(()) => {
                 drop(conn);
                 return;
@@ -190,13 +194,70 @@ async fn stream_tail(js: &jetstream::Context, name: &str) -> anyhow::Result<Opti
     Ok(position.zip(id))
 }
 
+/// Events this process committed, as the appender tells them, kept in
+/// position order: the publisher takes them from here and reads the event
+/// store only when they do not continue the stream (events of another
+/// process, a lagging receiver, start-up).
+struct Feed {
+    rx: broadcast::Receiver<Committed>,
+    pending: BTreeMap<i64, Committed>,
+    /// The receiver lost batches: the store must be read.
+    lagged: bool,
+}
+
+impl Feed {
+    fn insert(&mut self, batch: Committed) {
+        if let Some(first) = batch.first() {
+            self.pending.insert(first.position, batch);
+        }
+    }
+
+    fn drain(&mut self) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(batch) => self.insert(batch),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.pending.clear();
+                    self.lagged = true;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The events in memory that continue exactly after `after`.
+    fn take_after(&mut self, after: i64, limit: usize) -> Vec<StoredEvent> {
+        self.pending
+            .retain(|_, b| b.last().is_some_and(|e| e.position > after));
+        let mut out: Vec<StoredEvent> = Vec::new();
+        let mut next = after + 1;
+        while out.len() < limit {
+            let Some((_, batch)) = self.pending.range(..=next).next_back() else {
+                break;
+            };
+            let Some(start) = batch.iter().position(|e| e.position == next) else {
+                break;
+            };
+            let batch = batch.clone();
+            out.extend(batch[start..].iter().cloned());
+            next = out.last().map_or(next, |e| e.position + 1);
+        }
+        out
+    }
+}
+
 async fn publish(
     pool: &PgPool,
     js: &jetstream::Context,
     config: &PublisherConfig,
-    committed: &mut watch::Receiver<i64>,
+    committed: broadcast::Receiver<Committed>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut feed = Feed {
+        rx: committed,
+        pending: BTreeMap::new(),
+        lagged: false,
+    };
     let checkpoint: i64 = sqlx::query_scalar("SELECT position FROM outbox_checkpoint")
         .fetch_one(pool)
         .await
@@ -211,26 +272,50 @@ async fn publish(
     };
     let mut drain_deadline = None;
     let mut checkpoint_saved = tokio::time::Instant::now();
+    let mut read_store = true;
     loop {
-        let batch = EventStore::read_after(pool, last_position, BATCH)
-            .await
-            .context("reading events to publish")?;
+        feed.drain();
+        let mut batch = feed.take_after(last_position, BATCH as usize);
+        if batch.is_empty() && !feed.pending.is_empty() && !read_store {
+            // Two appender connections may tell their batches out of order:
+            // give the missing one a moment before reading the store.
+            match tokio::time::timeout(Duration::from_millis(2), feed.rx.recv()).await {
+                Ok(Ok(b)) => {
+                    feed.insert(b);
+                    continue;
+                }
+                _ => read_store = true,
+            }
+        }
+        if batch.is_empty() && (read_store || feed.lagged) {
+            batch = EventStore::read_after(pool, last_position, BATCH)
+                .await
+                .context("reading events to publish")?;
+            // A full page means there is more to read.
+            read_store = batch.len() == BATCH as usize;
+            feed.lagged = false;
+        }
         if batch.is_empty() {
             if drain_deadline.is_some() {
                 return save_checkpoint(pool, last_position).await;
             }
             tokio::select! {
-                _ = committed.changed() => {}
-                // Other processes commit too; look now and then.
-                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                received = feed.rx.recv() => match received {
+                    Ok(b) => feed.insert(b),
+                    Err(_) => read_store = true,
+                },
+                // Other processes commit too: look at the store now and then.
+                () = tokio::time::sleep(Duration::from_millis(250)) => read_store = true,
                 () = shutdown.cancelled() => {
                     drain_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+                    read_store = true;
                 }
             }
             continue;
         }
         if drain_deadline.is_none() && shutdown.is_cancelled() {
             drain_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+            read_store = true;
         }
         if drain_deadline.is_some_and(|d| tokio::time::Instant::now() > d) {
             tracing::warn!(
@@ -268,7 +353,13 @@ async fn publish(
             checkpoint_saved = tokio::time::Instant::now();
         }
         metrics::gauge!("outbox_published_position").set(last_position as f64);
-        let head = (*committed.borrow()).max(last_position);
-        metrics::gauge!("outbox_backlog_events").set((head - last_position) as f64);
+        let newest = feed
+            .pending
+            .values()
+            .filter_map(|b| b.last())
+            .map(|e| e.position)
+            .max();
+        let backlog = newest.map_or(0, |n| (n - last_position).max(0));
+        metrics::gauge!("outbox_backlog_events").set(backlog as f64);
     }
 }

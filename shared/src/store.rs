@@ -14,7 +14,7 @@ use std::time::Instant;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Column, Connection, PgConnection, PgPool, Row};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -130,8 +130,12 @@ impl Default for AppenderConfig {
 pub struct EventStore {
     pool: PgPool,
     jobs: mpsc::Sender<Job>,
-    committed: watch::Receiver<i64>,
+    committed: broadcast::Sender<Committed>,
 }
+
+/// The events one batch committed, in position order, as they are told to
+/// the publisher of this process (which then need not read them back).
+pub type Committed = Arc<Vec<StoredEvent>>;
 
 impl EventStore {
     /// Starts the appender. It ends when every handle is dropped, after
@@ -143,7 +147,8 @@ impl EventStore {
     /// batch and, through it, every command's latency.
     pub fn start(pool: PgPool, config: AppenderConfig) -> (Self, JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(4096);
-        let (committed_tx, committed) = watch::channel(0);
+        let (committed, _) = broadcast::channel(1024);
+        let committed_tx = committed.clone();
         let options = (*pool.connect_options()).clone();
         let task = tokio::task::spawn_blocking(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -188,8 +193,9 @@ impl EventStore {
         &self.pool
     }
 
-    /// The highest position this process has committed, for the publisher.
-    pub fn committed(&self) -> watch::Receiver<i64> {
+    /// Where every batch this process commits is told (subscribe to it);
+    /// holding it does not keep the appender alive.
+    pub fn committed(&self) -> broadcast::Sender<Committed> {
         self.committed.clone()
     }
 
@@ -284,7 +290,7 @@ async fn run_appender(
     options: PgConnectOptions,
     config: AppenderConfig,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
-    committed: Arc<watch::Sender<i64>>,
+    committed: Arc<broadcast::Sender<Committed>>,
 ) {
     let mut conn: Option<PgConnection> = None;
     loop {
@@ -319,17 +325,14 @@ async fn run_appender(
         metrics::histogram!("event_store_append_batch_requests").record(requests.len() as f64);
         let mut results = match outcome {
             Ok(results) => {
-                if let Some(last) = results
+                let events: Vec<StoredEvent> = results
                     .iter()
                     .filter_map(|r| r.as_ref().ok())
-                    .map(|a| a.position)
-                    .max()
-                {
-                    committed.send_if_modified(|seen| {
-                        let newer = last > *seen;
-                        *seen = (*seen).max(last);
-                        newer
-                    });
+                    .flat_map(|a| a.events.iter().cloned())
+                    .collect();
+                if !events.is_empty() {
+                    // Nobody listening (no publisher in this process) is fine.
+                    let _ = committed.send(Arc::new(events));
                 }
                 results
             }
