@@ -26,6 +26,7 @@ CREATE TABLE read_model.subjects (
     body      bytea  NOT NULL,
     position  bigint NOT NULL
 );
+CREATE INDEX studies_by_position ON read_model.studies (position);
 -- Pages of a study's subjects, ordered by label.
 CREATE INDEX subjects_by_study ON read_model.subjects (study_id, label, id);
 
@@ -43,3 +44,6 @@ CREATE TABLE read_model.observations (
 -- Pages of a subject's and of a study's observations, by (observed_at, id).
 CREATE INDEX observations_by_subject ON read_model.observations (subject_id, observed_at, id);
 CREATE INDEX observations_by_study ON read_model.observations (study_id, observed_at, id);
+-- Documents changed after a position (refilling Redis after an outage).
+CREATE INDEX subjects_by_position ON read_model.subjects (position);
+CREATE INDEX observations_by_position ON read_model.observations (position);

@@ -8,9 +8,10 @@
 //! only after that commit, and an event at or below the checkpoint is a
 //! no-op, so redelivery and duplicates change nothing.
 //!
-//! Layout: [`views`] loads and stores the read tables; this file holds the
-//! consumer loop ([`Projector::step`]) and the HTTP endpoints.
+//! Layout: [`views`] loads and stores the read tables; [`cache`] warms
+//! Redis; this file holds the consumer loop ([`Projector::step`]).
 
+pub mod cache;
 pub mod views;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +51,7 @@ pub struct Projector {
     config: ProjectorConfig,
     consumer: Option<consumer::PullConsumer>,
     checkpoint: i64,
+    redis: Option<cache::RedisSink>,
     pub healthy: Arc<AtomicBool>,
 }
 
@@ -70,8 +72,15 @@ impl Projector {
             config,
             consumer: None,
             checkpoint,
+            redis: None,
             healthy: Arc::new(AtomicBool::new(true)),
         })
+    }
+
+    /// Writes every batch's documents to Redis too.
+    pub fn with_redis(mut self, sink: cache::RedisSink) -> Self {
+        self.redis = Some(sink);
+        self
     }
 
     pub fn checkpoint(&self) -> i64 {
@@ -211,9 +220,12 @@ impl Projector {
             }
         }
         let last = events.last().map_or(self.checkpoint, |e| e.position);
-        views::store(&mut tx, &views, last).await?;
+        let docs = views::store(&mut tx, &views, last).await?;
         tx.commit().await.context("committing the batch")?;
         self.checkpoint = last;
+        if let Some(redis) = &self.redis {
+            redis.send(docs);
+        }
         metrics::histogram!("projector_batch_events").record(events.len() as f64);
         metrics::histogram!("projector_apply_seconds").record(started.elapsed().as_secs_f64());
         metrics::gauge!("projector_checkpoint_position").set(last as f64);

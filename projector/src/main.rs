@@ -42,6 +42,12 @@ struct Config {
     /// Most events applied in one transaction.
     #[arg(long, env = "PROJECTOR_MAX_BATCH", default_value_t = 1000)]
     max_batch: usize,
+    /// Redis to warm with the documents (empty: none).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "research")]
+    redis_prefix: String,
 }
 
 #[tokio::main]
@@ -86,6 +92,17 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
+    let projector = if config.redis_url.is_empty() {
+        projector
+    } else {
+        let sink = projector::cache::RedisSink::start(
+            &config.redis_url,
+            config.redis_prefix.clone(),
+            pool.clone(),
+        )
+        .context("configuring Redis")?;
+        projector.with_redis(sink)
+    };
     let healthy = projector.healthy.clone();
     let shutdown = CancellationToken::new();
     let ready_pool = pool.clone();

@@ -204,8 +204,25 @@ fn live(o: &ObservationView) -> bool {
     o.state.status != shared::domain::ObservationStatus::Retracted
 }
 
-/// Stores the views and their documents, and moves the checkpoint.
-pub async fn store(conn: &mut PgConnection, views: &Views, checkpoint: i64) -> anyhow::Result<()> {
+/// A ready-to-send document and the position of the last event in it.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    pub kind: &'static str,
+    pub id: Uuid,
+    /// For a study, its code (the query API looks studies up by code).
+    pub code: Option<String>,
+    pub position: i64,
+    pub body: Vec<u8>,
+}
+
+/// Stores the views and their documents, and moves the checkpoint; answers
+/// the documents written.
+pub async fn store(
+    conn: &mut PgConnection,
+    views: &Views,
+    checkpoint: i64,
+) -> anyhow::Result<Vec<Doc>> {
+    let mut docs = Vec::new();
     let mut ids = Vec::new();
     let mut codes = Vec::new();
     let mut states = Vec::new();
@@ -231,6 +248,15 @@ pub async fn store(conn: &mut PgConnection, views: &Views, checkpoint: i64) -> a
     .execute(&mut *conn)
     .await
     .context("storing study views")?;
+    for (i, id) in ids.iter().enumerate() {
+        docs.push(Doc {
+            kind: "study",
+            id: *id,
+            code: Some(codes[i].clone()),
+            position: positions[i],
+            body: bodies[i].clone(),
+        });
+    }
 
     let (mut ids, mut study_ids, mut labels, mut states, mut bodies, mut positions) = (
         Vec::new(),
@@ -267,6 +293,15 @@ pub async fn store(conn: &mut PgConnection, views: &Views, checkpoint: i64) -> a
     .execute(&mut *conn)
     .await
     .context("storing subject views")?;
+    for (i, id) in ids.iter().enumerate() {
+        docs.push(Doc {
+            kind: "subject",
+            id: *id,
+            code: None,
+            position: positions[i],
+            body: bodies[i].clone(),
+        });
+    }
 
     let mut rows = ObservationRows::default();
     for o in views.observations.values() {
@@ -299,13 +334,61 @@ pub async fn store(conn: &mut PgConnection, views: &Views, checkpoint: i64) -> a
     .execute(&mut *conn)
     .await
     .context("storing observation views")?;
+    for (i, id) in rows.ids.iter().enumerate() {
+        docs.push(Doc {
+            kind: "observation",
+            id: *id,
+            code: None,
+            position: rows.positions[i],
+            body: rows.bodies[i].clone(),
+        });
+    }
 
     sqlx::query("UPDATE read_model.checkpoint SET position = $1")
         .bind(checkpoint)
         .execute(&mut *conn)
         .await
         .context("moving the checkpoint")?;
-    Ok(())
+    Ok(docs)
+}
+
+/// `(kind, id, code, position, body)` of a stored document.
+type DocRow = (String, Uuid, Option<String>, i64, Vec<u8>);
+
+/// Documents changed after the key `(position, id)`, in that order, for
+/// refilling Redis.
+pub async fn changed_after(
+    pool: &sqlx::PgPool,
+    after: (i64, Uuid),
+    limit: i64,
+) -> anyhow::Result<Vec<Doc>> {
+    let rows: Vec<DocRow> = sqlx::query_as(
+        "(SELECT 'study' AS kind, id, code, position, body FROM read_model.studies WHERE (position, id) > ($1, $2)) \
+         UNION ALL (SELECT 'subject', id, NULL, position, body FROM read_model.subjects WHERE (position, id) > ($1, $2)) \
+         UNION ALL (SELECT 'observation', id, NULL, position, body FROM read_model.observations \
+                    WHERE (position, id) > ($1, $2)) \
+         ORDER BY position, id LIMIT $3",
+    )
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .context("reading changed documents")?;
+    Ok(rows
+        .into_iter()
+        .map(|(kind, id, code, position, body)| Doc {
+            kind: match kind.as_str() {
+                "study" => "study",
+                "subject" => "subject",
+                _ => "observation",
+            },
+            id,
+            code,
+            position,
+            body,
+        })
+        .collect())
 }
 
 #[derive(Default)]

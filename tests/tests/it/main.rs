@@ -7,4 +7,5 @@ mod env;
 mod input;
 mod projection;
 mod publishing;
+mod redis_cache;
 mod store;
