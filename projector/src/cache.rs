@@ -188,7 +188,7 @@ async fn refill(
     let mut total = 0;
     let mut key = (after, uuid::Uuid::max());
     loop {
-        let docs = changed_after(pool, key, PAGE).await?;
+        let docs = changed_after(pool, crate::LIVE_SCHEMA, key, PAGE).await?;
         let Some(last) = docs.last() else {
             return Ok(total);
         };

@@ -12,6 +12,7 @@
 //! Redis; this file holds the consumer loop ([`Projector::step`]).
 
 pub mod cache;
+pub mod replay;
 pub mod views;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -211,32 +212,43 @@ impl Projector {
             .acquire()
             .await
             .context("acquiring a connection")?;
-        let mut tx = conn.begin().await.context("beginning the batch")?;
-        let mut views = views::load(&mut tx, events).await?;
-        for event in events {
-            let needs = views.project(event)?;
-            if !needs.is_empty() {
-                views::resolve(&mut tx, &mut views, needs).await?;
+        match apply_batch(&mut conn, LIVE_SCHEMA, events).await? {
+            Applied::Moved { checkpoint } => {
+                // Another writer (a rebuild that switched tables, a second
+                // projector) moved the checkpoint: continue from there.
+                tracing::info!(
+                    from = self.checkpoint,
+                    to = checkpoint,
+                    "checkpoint moved by another writer"
+                );
+                self.checkpoint = checkpoint;
+            }
+            Applied::Done { checkpoint, docs } => {
+                self.checkpoint = checkpoint;
+                if let Some(redis) = &self.redis {
+                    redis.send(docs);
+                }
+                metrics::histogram!("projector_batch_events").record(events.len() as f64);
+                metrics::histogram!("projector_apply_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::gauge!("projector_checkpoint_position").set(checkpoint as f64);
+                if let Some(e) = events.last() {
+                    // From the event's commit to its projection: the staleness
+                    // of the read models while events flow.
+                    let lag = (chrono::Utc::now() - e.recorded_at)
+                        .num_milliseconds()
+                        .max(0) as f64
+                        / 1000.0;
+                    metrics::gauge!("projector_lag_seconds").set(lag);
+                    metrics::histogram!("projector_event_delay_seconds").record(lag);
+                }
+                tracing::debug!(
+                    batch_len = events.len(),
+                    position = checkpoint,
+                    "batch applied"
+                );
             }
         }
-        let last = events.last().map_or(self.checkpoint, |e| e.position);
-        let docs = views::store(&mut tx, &views, last).await?;
-        tx.commit().await.context("committing the batch")?;
-        self.checkpoint = last;
-        if let Some(redis) = &self.redis {
-            redis.send(docs);
-        }
-        metrics::histogram!("projector_batch_events").record(events.len() as f64);
-        metrics::histogram!("projector_apply_seconds").record(started.elapsed().as_secs_f64());
-        metrics::gauge!("projector_checkpoint_position").set(last as f64);
-        if let Some(e) = events.last() {
-            let lag = (chrono::Utc::now() - e.recorded_at)
-                .num_milliseconds()
-                .max(0) as f64
-                / 1000.0;
-            metrics::gauge!("projector_lag_seconds").set(lag);
-        }
-        tracing::debug!(batch_len = events.len(), position = last, "batch applied");
         Ok(())
     }
 
@@ -267,4 +279,73 @@ impl Projector {
         }
         tracing::info!(checkpoint = self.checkpoint, "projector stopped");
     }
+}
+
+/// The schema of the live read models.
+pub const LIVE_SCHEMA: &str = "read_model";
+
+/// What [`apply_batch`] did.
+pub enum Applied {
+    Done {
+        checkpoint: i64,
+        docs: Vec<views::Doc>,
+    },
+    /// The stored checkpoint is not where the events begin; nothing written.
+    Moved { checkpoint: i64 },
+}
+
+/// The advisory lock that every writer of the read models in `schema`
+/// holds for its transaction (FNV-1a of the schema's name).
+pub fn writer_lock_key(schema: &str) -> i64 {
+    let hash = schema.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// Takes the writer lock of `schema` for the current transaction.
+pub async fn lock_writer(tx: &mut sqlx::PgConnection, schema: &str) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(writer_lock_key(schema))
+        .execute(tx)
+        .await
+        .context("taking the read models' writer lock")?;
+    Ok(())
+}
+
+/// Applies events (contiguous, in position order) to the read models in
+/// `schema` in one transaction, from the stored checkpoint on. The writer
+/// lock comes first and the checkpoint is read after it, by name, so two
+/// writers never interleave and a rebuild's switch of tables is seen.
+pub async fn apply_batch(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+    events: &[StoredEvent],
+) -> anyhow::Result<Applied> {
+    let mut tx = conn.begin().await.context("beginning the batch")?;
+    lock_writer(&mut tx, schema).await?;
+    let checkpoint: i64 = sqlx::query_scalar(&format!("SELECT position FROM {schema}.checkpoint"))
+        .fetch_one(&mut *tx)
+        .await
+        .context("reading the checkpoint")?;
+    let events: Vec<&StoredEvent> = events.iter().filter(|e| e.position > checkpoint).collect();
+    match events.first() {
+        Some(first) if first.position == checkpoint + 1 => {}
+        _ => return Ok(Applied::Moved { checkpoint }),
+    }
+    let owned: Vec<StoredEvent> = events.into_iter().cloned().collect();
+    let mut views = views::load(&mut tx, schema, &owned).await?;
+    for event in &owned {
+        let needs = views.project(event)?;
+        if !needs.is_empty() {
+            views::resolve(&mut tx, schema, &mut views, needs).await?;
+        }
+    }
+    let last = owned.last().map_or(checkpoint, |e| e.position);
+    let docs = views::store(&mut tx, schema, &views, last).await?;
+    tx.commit().await.context("committing the batch")?;
+    Ok(Applied::Done {
+        checkpoint: last,
+        docs,
+    })
 }

@@ -13,10 +13,13 @@ use projector::{Projector, ProjectorConfig};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
-/// Builds the read models from the event stream.
+/// Builds the read models from the event stream. Without a command it runs
+/// the projection until SIGTERM.
 #[derive(Debug, Parser)]
 #[command(name = "projector", version, about)]
 struct Config {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address of /livez, /readyz and /metrics.
     #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8083")]
     addr: SocketAddr,
@@ -50,10 +53,23 @@ struct Config {
     redis_prefix: String,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Replays the whole event store into fresh tables beside the live ones
+    /// and switches to them atomically once caught up.
+    Rebuild,
+    /// Replays the event store into a scratch schema and compares every
+    /// document with the live read models; exits 1 at the first difference.
+    VerifyReplay,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     shared::telemetry::init("info,sqlx=warn");
+    if let Some(command) = &config.command {
+        return offline(&config, command).await;
+    }
     let metrics =
         shared::telemetry::install_metrics().context("installing the metrics recorder")?;
     let pool = PgPoolOptions::new()
@@ -138,4 +154,47 @@ async fn main() -> anyhow::Result<()> {
     let _ = worker.await;
     let _ = http.await;
     Ok(())
+}
+
+/// `rebuild` and `verify-replay`.
+async fn offline(config: &Config, command: &Command) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&config.database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    shared::MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying migrations")?;
+    match command {
+        Command::Rebuild => {
+            let started = std::time::Instant::now();
+            let position = projector::replay::rebuild(&pool, true).await?;
+            println!(
+                "rebuilt the read models up to position {position} in {:.1} s and switched to them",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::VerifyReplay => {
+            let (position, difference) = projector::replay::verify(&pool, true).await?;
+            match difference {
+                None => {
+                    println!("the read models equal a replay of the log up to position {position}");
+                    Ok(())
+                }
+                Some(d) => {
+                    println!(
+                        "first difference at position {position}: {} {}\n  live:     {}\n  replayed: {}",
+                        d.table,
+                        d.id,
+                        d.live.as_deref().unwrap_or("(missing)"),
+                        d.replayed.as_deref().unwrap_or("(missing)")
+                    );
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! The read tables: loading the views a batch of events touches, resolving
+//! The read tables (in a schema: `read_model` for the live ones, another
+//! for a rebuild or a verifying replay): loading the views a batch of events touches, resolving
 //! the projection's needs against stored and in-memory observations, and
 //! storing views, documents and the checkpoint in the batch's transaction.
 
@@ -14,7 +15,11 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// Loads every view `events` touch.
-pub async fn load(conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<Views> {
+pub async fn load(
+    conn: &mut PgConnection,
+    schema: &str,
+    events: &[StoredEvent],
+) -> anyhow::Result<Views> {
     let mut views = Views::default();
     let mut observation_ids = HashSet::new();
     let mut subject_ids = HashSet::new();
@@ -34,12 +39,13 @@ pub async fn load(conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Re
         }
     }
     let ids: Vec<Uuid> = observation_ids.into_iter().collect();
-    let rows: Vec<(Value,)> =
-        sqlx::query_as("SELECT state FROM read_model.observations WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await
-            .context("loading observation views")?;
+    let rows: Vec<(Value,)> = sqlx::query_as(&format!(
+        "SELECT state FROM {schema}.observations WHERE id = ANY($1)"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .context("loading observation views")?;
     for (state,) in rows {
         let view: ObservationView =
             serde_json::from_value(state).context("decoding an observation view")?;
@@ -47,23 +53,25 @@ pub async fn load(conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Re
         views.observations.insert(view.state.id, view);
     }
     let ids: Vec<Uuid> = subject_ids.into_iter().collect();
-    let rows: Vec<(Value,)> =
-        sqlx::query_as("SELECT state FROM read_model.subjects WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await
-            .context("loading subject views")?;
+    let rows: Vec<(Value,)> = sqlx::query_as(&format!(
+        "SELECT state FROM {schema}.subjects WHERE id = ANY($1)"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .context("loading subject views")?;
     for (state,) in rows {
         let view: SubjectView = serde_json::from_value(state).context("decoding a subject view")?;
         views.subjects.insert(view.id, view);
     }
     let ids: Vec<Uuid> = study_ids.into_iter().collect();
-    let rows: Vec<(Value,)> =
-        sqlx::query_as("SELECT state FROM read_model.studies WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await
-            .context("loading study views")?;
+    let rows: Vec<(Value,)> = sqlx::query_as(&format!(
+        "SELECT state FROM {schema}.studies WHERE id = ANY($1)"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .context("loading study views")?;
     for (state,) in rows {
         let view: StudyView = serde_json::from_value(state).context("decoding a study view")?;
         views.studies.insert(view.id, view);
@@ -75,6 +83,7 @@ pub async fn load(conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Re
 /// batch holds in memory (which are newer).
 pub async fn resolve(
     conn: &mut PgConnection,
+    schema: &str,
     views: &mut Views,
     needs: Vec<Need>,
 ) -> anyhow::Result<()> {
@@ -83,10 +92,10 @@ pub async fn resolve(
     for need in needs {
         match need {
             Need::StudyExtremes { study_id, variable } => {
-                let stored: Vec<(Value,)> = sqlx::query_as(
-                    "SELECT \"values\" -> $2 FROM read_model.observations \
-                     WHERE study_id = $1 AND live AND \"values\" ? $2 AND NOT (id = ANY($3))",
-                )
+                let stored: Vec<(Value,)> = sqlx::query_as(&format!(
+                    "SELECT \"values\" -> $2 FROM {schema}.observations \
+                     WHERE study_id = $1 AND live AND \"values\" ? $2 AND NOT (id = ANY($3))"
+                ))
                 .bind(study_id)
                 .bind(&variable)
                 .bind(&in_memory)
@@ -111,10 +120,10 @@ pub async fn resolve(
                 subject_id,
                 variable,
             } => {
-                let stored: Vec<(Value,)> = sqlx::query_as(
-                    "SELECT \"values\" -> $2 FROM read_model.observations \
-                     WHERE subject_id = $1 AND live AND \"values\" ? $2 AND NOT (id = ANY($3))",
-                )
+                let stored: Vec<(Value,)> = sqlx::query_as(&format!(
+                    "SELECT \"values\" -> $2 FROM {schema}.observations \
+                     WHERE subject_id = $1 AND live AND \"values\" ? $2 AND NOT (id = ANY($3))"
+                ))
                 .bind(subject_id)
                 .bind(&variable)
                 .bind(&in_memory)
@@ -138,7 +147,7 @@ pub async fn resolve(
             Need::StudySubjects { study_id, position } => {
                 let held: Vec<Uuid> = views.subjects.keys().copied().collect();
                 let rows: Vec<(Value,)> =
-                    sqlx::query_as("SELECT state FROM read_model.subjects WHERE study_id = $1 AND NOT (id = ANY($2))")
+                    sqlx::query_as(&format!("SELECT state FROM {schema}.subjects WHERE study_id = $1 AND NOT (id = ANY($2))"))
                         .bind(study_id)
                         .bind(&held)
                         .fetch_all(&mut *conn)
@@ -156,10 +165,10 @@ pub async fn resolve(
                 variable,
             } => {
                 let stored: Option<(Uuid, DateTime<Utc>, Value)> = sqlx::query_as(
-                    "SELECT id, observed_at, \"values\" -> $2 FROM read_model.observations \
+                    &format!("SELECT id, observed_at, \"values\" -> $2 FROM {schema}.observations \
                      WHERE subject_id = $1 AND live AND \"values\" ? $2 AND \"values\" -> $2 <> 'null'::jsonb \
                        AND NOT (id = ANY($3)) \
-                     ORDER BY observed_at DESC, id DESC LIMIT 1",
+                     ORDER BY observed_at DESC, id DESC LIMIT 1"),
                 )
                 .bind(subject_id)
                 .bind(&variable)
@@ -219,6 +228,7 @@ pub struct Doc {
 /// the documents written.
 pub async fn store(
     conn: &mut PgConnection,
+    schema: &str,
     views: &Views,
     checkpoint: i64,
 ) -> anyhow::Result<Vec<Doc>> {
@@ -236,9 +246,9 @@ pub async fn store(
         positions.push(s.position);
     }
     sqlx::query(
-        "INSERT INTO read_model.studies (id, code, state, body, position) \
+        &format!("INSERT INTO {schema}.studies (id, code, state, body, position) \
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::bytea[], $5::int8[]) \
-         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position",
+         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position"),
     )
     .bind(&ids)
     .bind(&codes)
@@ -280,9 +290,9 @@ pub async fn store(
         positions.push(s.position);
     }
     sqlx::query(
-        "INSERT INTO read_model.subjects (id, study_id, label, state, body, position) \
+        &format!("INSERT INTO {schema}.subjects (id, study_id, label, state, body, position) \
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::bytea[], $6::int8[]) \
-         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position",
+         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position"),
     )
     .bind(&ids)
     .bind(&study_ids)
@@ -316,11 +326,11 @@ pub async fn store(
         rows.positions.push(o.position);
     }
     sqlx::query(
-        "INSERT INTO read_model.observations (id, study_id, subject_id, observed_at, live, \"values\", state, body, position) \
+        &format!("INSERT INTO {schema}.observations (id, study_id, subject_id, observed_at, live, \"values\", state, body, position) \
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::bool[], $6::jsonb[], \
                               $7::jsonb[], $8::bytea[], $9::int8[]) \
          ON CONFLICT (id) DO UPDATE SET live = EXCLUDED.live, \"values\" = EXCLUDED.\"values\", \
-           state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position",
+           state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position"),
     )
     .bind(&rows.ids)
     .bind(&rows.study_ids)
@@ -344,7 +354,7 @@ pub async fn store(
         });
     }
 
-    sqlx::query("UPDATE read_model.checkpoint SET position = $1")
+    sqlx::query(&format!("UPDATE {schema}.checkpoint SET position = $1"))
         .bind(checkpoint)
         .execute(&mut *conn)
         .await
@@ -359,15 +369,16 @@ type DocRow = (String, Uuid, Option<String>, i64, Vec<u8>);
 /// refilling Redis.
 pub async fn changed_after(
     pool: &sqlx::PgPool,
+    schema: &str,
     after: (i64, Uuid),
     limit: i64,
 ) -> anyhow::Result<Vec<Doc>> {
     let rows: Vec<DocRow> = sqlx::query_as(
-        "(SELECT 'study' AS kind, id, code, position, body FROM read_model.studies WHERE (position, id) > ($1, $2)) \
-         UNION ALL (SELECT 'subject', id, NULL, position, body FROM read_model.subjects WHERE (position, id) > ($1, $2)) \
-         UNION ALL (SELECT 'observation', id, NULL, position, body FROM read_model.observations \
+        &format!("(SELECT 'study' AS kind, id, code, position, body FROM {schema}.studies WHERE (position, id) > ($1, $2)) \
+         UNION ALL (SELECT 'subject', id, NULL, position, body FROM {schema}.subjects WHERE (position, id) > ($1, $2)) \
+         UNION ALL (SELECT 'observation', id, NULL, position, body FROM {schema}.observations \
                     WHERE (position, id) > ($1, $2)) \
-         ORDER BY position, id LIMIT $3",
+         ORDER BY position, id LIMIT $3"),
     )
     .bind(after.0)
     .bind(after.1)

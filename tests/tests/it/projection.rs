@@ -287,3 +287,57 @@ async fn without_nats_the_projector_reads_the_event_store() {
     assert_eq!(backfilled as i64, head(&pool).await);
     assert_matches_replay(&pool).await;
 }
+
+#[tokio::test]
+async fn a_rebuild_switches_to_equal_tables_and_the_live_projector_carries_on() {
+    let env = Env::start().await;
+    let pool = env.db.pool().await;
+    let observations = history(&env).await;
+    let mut live = Projector::new(pool.clone(), None, config(&env, "live"))
+        .await
+        .unwrap();
+    catch_up(&mut live, &pool).await;
+    let before = stored_documents(&pool).await;
+
+    let reached = projector::replay::rebuild(&pool, false).await.unwrap();
+    assert_eq!(reached, head(&pool).await);
+    assert_eq!(
+        stored_documents(&pool).await,
+        before,
+        "the rebuilt documents equal the live ones"
+    );
+
+    // The live projector goes on, on the new tables, counting nothing twice.
+    let more = json!({"values": {"body_mass_g": 4100}, "reason": "re-weighed again"});
+    let path = format!("/v1/observations/{}/corrections", observations[100]);
+    assert_eq!(env.api.post(&path, &env.writer2, &more).await.status, 200);
+    catch_up(&mut live, &pool).await;
+    assert_matches_replay(&pool).await;
+}
+
+#[tokio::test]
+async fn verify_replay_passes_on_true_read_models_and_names_a_tampered_one() {
+    let env = Env::start().await;
+    let pool = env.db.pool().await;
+    history(&env).await;
+    let mut live = Projector::new(pool.clone(), None, config(&env, "live"))
+        .await
+        .unwrap();
+    catch_up(&mut live, &pool).await;
+    let (position, difference) = projector::replay::verify(&pool, false).await.unwrap();
+    assert_eq!(position, head(&pool).await);
+    assert_eq!(difference, None);
+
+    // Somebody edits a read row behind the projector's back.
+    let (id,): (Uuid,) = sqlx::query_as(
+        "UPDATE read_model.observations SET body = convert_to(replace(convert_from(body, 'UTF8'), '\"recorded\"', \
+         '\"corrected\"'), 'UTF8') WHERE id = (SELECT id FROM read_model.observations WHERE state->>'status' = 'recorded' \
+         ORDER BY id LIMIT 1) RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let (_, difference) = projector::replay::verify(&pool, false).await.unwrap();
+    let difference = difference.expect("the edit is found");
+    assert_eq!((difference.table, difference.id), ("observations", id));
+}
