@@ -341,3 +341,67 @@ async fn verify_replay_passes_on_true_read_models_and_names_a_tampered_one() {
     let difference = difference.expect("the edit is found");
     assert_eq!((difference.table, difference.id), ("observations", id));
 }
+
+#[tokio::test]
+async fn a_projector_killed_mid_batch_resumes_without_counting_twice() {
+    use tokio::process::Command;
+
+    let env = Env::start().await;
+    let pool = env.db.pool().await;
+    history(&env).await;
+    let spawn = || {
+        Command::new(crate::publishing::binary("projector"))
+            .env("DATABASE_URL", &env.db.url)
+            .env("NATS_URL", tests::nats_url())
+            .env("NATS_STREAM", &env.stream.name)
+            .env("NATS_SUBJECT_PREFIX", &env.stream.prefix)
+            .env(
+                "PROJECTOR_ADDR",
+                format!("127.0.0.1:{}", crate::publishing::free_port()),
+            )
+            .env("PROJECTOR_MAX_BATCH", "3")
+            .env("REDIS_URL", "")
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the projector binary")
+    };
+    let checkpoint = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT position FROM read_model.checkpoint")
+            .fetch_one(&pool)
+            .await
+            .ok()
+    };
+    let mut first = spawn();
+    let target = head(&pool).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the projector to be half-way",
+        || {
+            let pool = pool.clone();
+            async move { checkpoint(pool).await.filter(|c| *c > 30).map(|_| ()) }
+        },
+    )
+    .await;
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let at_kill = checkpoint(pool.clone()).await.unwrap();
+    assert!(
+        at_kill < target,
+        "killed before the end ({at_kill} of {target})"
+    );
+
+    let mut second = spawn();
+    wait_until(
+        Duration::from_secs(60),
+        "the restarted projector to catch up",
+        || {
+            let pool = pool.clone();
+            async move { checkpoint(pool).await.filter(|c| *c >= target).map(|_| ()) }
+        },
+    )
+    .await;
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+    assert_matches_replay(&pool).await;
+}
