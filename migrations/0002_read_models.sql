@@ -1,6 +1,7 @@
 -- Read models, written only by the projector. Every row keeps the view's
--- state (what the next event is applied to) and the ready-to-send JSON
--- document with the position of the last event that changed it.
+-- state (what the next event is applied to; JSON bytes only the projector
+-- reads) and the ready-to-send JSON document with the position of the last
+-- event that changed it.
 
 CREATE SCHEMA read_model;
 
@@ -13,7 +14,7 @@ INSERT INTO read_model.checkpoint DEFAULT VALUES;
 CREATE TABLE read_model.studies (
     id        uuid   PRIMARY KEY,
     code      text   NOT NULL UNIQUE,
-    state     jsonb  NOT NULL,
+    state     bytea  NOT NULL,
     body      bytea  NOT NULL,
     position  bigint NOT NULL
 );
@@ -22,7 +23,7 @@ CREATE TABLE read_model.subjects (
     id        uuid   PRIMARY KEY,
     study_id  uuid   NOT NULL,
     label     text   NOT NULL,
-    state     jsonb  NOT NULL,
+    state     bytea  NOT NULL,
     body      bytea  NOT NULL,
     position  bigint NOT NULL
 );
@@ -36,8 +37,10 @@ CREATE TABLE read_model.observations (
     subject_id   uuid        NOT NULL,
     observed_at  timestamptz NOT NULL,
     live         boolean     NOT NULL,
-    "values"     jsonb       NOT NULL,
-    state        jsonb       NOT NULL,
+    -- `json` keeps the text as written: cheaper to store than `jsonb`, and
+    -- only read when a minimum, maximum or latest value must be found again.
+    "values"     json        NOT NULL,
+    state        bytea       NOT NULL,
     body         bytea       NOT NULL,
     position     bigint      NOT NULL
 );

@@ -39,7 +39,7 @@ pub async fn load(
         }
     }
     let ids: Vec<Uuid> = observation_ids.into_iter().collect();
-    let rows: Vec<(Value,)> = sqlx::query_as(&format!(
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(&format!(
         "SELECT state FROM {schema}.observations WHERE id = ANY($1)"
     ))
     .bind(&ids)
@@ -48,12 +48,12 @@ pub async fn load(
     .context("loading observation views")?;
     for (state,) in rows {
         let view: ObservationView =
-            serde_json::from_value(state).context("decoding an observation view")?;
+            serde_json::from_slice(&state).context("decoding an observation view")?;
         subject_ids.insert(view.state.subject_id);
         views.observations.insert(view.state.id, view);
     }
     let ids: Vec<Uuid> = subject_ids.into_iter().collect();
-    let rows: Vec<(Value,)> = sqlx::query_as(&format!(
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(&format!(
         "SELECT state FROM {schema}.subjects WHERE id = ANY($1)"
     ))
     .bind(&ids)
@@ -61,11 +61,12 @@ pub async fn load(
     .await
     .context("loading subject views")?;
     for (state,) in rows {
-        let view: SubjectView = serde_json::from_value(state).context("decoding a subject view")?;
+        let view: SubjectView =
+            serde_json::from_slice(&state).context("decoding a subject view")?;
         views.subjects.insert(view.id, view);
     }
     let ids: Vec<Uuid> = study_ids.into_iter().collect();
-    let rows: Vec<(Value,)> = sqlx::query_as(&format!(
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(&format!(
         "SELECT state FROM {schema}.studies WHERE id = ANY($1)"
     ))
     .bind(&ids)
@@ -73,7 +74,7 @@ pub async fn load(
     .await
     .context("loading study views")?;
     for (state,) in rows {
-        let view: StudyView = serde_json::from_value(state).context("decoding a study view")?;
+        let view: StudyView = serde_json::from_slice(&state).context("decoding a study view")?;
         views.studies.insert(view.id, view);
     }
     Ok(views)
@@ -94,7 +95,7 @@ pub async fn resolve(
             Need::StudyExtremes { study_id, variable } => {
                 let stored: Vec<(Value,)> = sqlx::query_as(&format!(
                     "SELECT \"values\" -> $2 FROM {schema}.observations \
-                     WHERE study_id = $1 AND live AND \"values\" ? $2 AND NOT (id = ANY($3))"
+                     WHERE study_id = $1 AND live AND \"values\" -> $2 IS NOT NULL AND NOT (id = ANY($3))"
                 ))
                 .bind(study_id)
                 .bind(&variable)
@@ -122,7 +123,7 @@ pub async fn resolve(
             } => {
                 let stored: Vec<(Value,)> = sqlx::query_as(&format!(
                     "SELECT \"values\" -> $2 FROM {schema}.observations \
-                     WHERE subject_id = $1 AND live AND \"values\" ? $2 AND NOT (id = ANY($3))"
+                     WHERE subject_id = $1 AND live AND \"values\" -> $2 IS NOT NULL AND NOT (id = ANY($3))"
                 ))
                 .bind(subject_id)
                 .bind(&variable)
@@ -146,7 +147,7 @@ pub async fn resolve(
             }
             Need::StudySubjects { study_id, position } => {
                 let held: Vec<Uuid> = views.subjects.keys().copied().collect();
-                let rows: Vec<(Value,)> =
+                let rows: Vec<(Vec<u8>,)> =
                     sqlx::query_as(&format!("SELECT state FROM {schema}.subjects WHERE study_id = $1 AND NOT (id = ANY($2))"))
                         .bind(study_id)
                         .bind(&held)
@@ -155,7 +156,7 @@ pub async fn resolve(
                         .context("loading a study's subjects")?;
                 for (state,) in rows {
                     let mut view: SubjectView =
-                        serde_json::from_value(state).context("decoding a subject view")?;
+                        serde_json::from_slice(&state).context("decoding a subject view")?;
                     view.position = position;
                     views.subjects.insert(view.id, view);
                 }
@@ -164,12 +165,12 @@ pub async fn resolve(
                 subject_id,
                 variable,
             } => {
-                let stored: Option<(Uuid, DateTime<Utc>, Value)> = sqlx::query_as(
-                    &format!("SELECT id, observed_at, \"values\" -> $2 FROM {schema}.observations \
-                     WHERE subject_id = $1 AND live AND \"values\" ? $2 AND \"values\" -> $2 <> 'null'::jsonb \
+                let stored: Option<(Uuid, DateTime<Utc>, Value)> = sqlx::query_as(&format!(
+                    "SELECT id, observed_at, \"values\" -> $2 FROM {schema}.observations \
+                     WHERE subject_id = $1 AND live AND json_typeof(\"values\" -> $2) <> 'null' \
                        AND NOT (id = ANY($3)) \
-                     ORDER BY observed_at DESC, id DESC LIMIT 1"),
-                )
+                     ORDER BY observed_at DESC, id DESC LIMIT 1"
+                ))
                 .bind(subject_id)
                 .bind(&variable)
                 .bind(&in_memory)
@@ -241,13 +242,13 @@ pub async fn store(
     for s in views.studies.values() {
         ids.push(s.id);
         codes.push(s.code.as_str().to_owned());
-        states.push(serde_json::to_value(s)?);
+        states.push(serde_json::to_vec(s)?);
         bodies.push(s.document().to_string().into_bytes());
         positions.push(s.position);
     }
     sqlx::query(
         &format!("INSERT INTO {schema}.studies (id, code, state, body, position) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::bytea[], $5::int8[]) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::int8[]) \
          ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position"),
     )
     .bind(&ids)
@@ -285,13 +286,13 @@ pub async fn store(
         ids.push(s.id);
         study_ids.push(s.study_id);
         labels.push(s.label.clone());
-        states.push(serde_json::to_value(s)?);
+        states.push(serde_json::to_vec(s)?);
         bodies.push(s.document(variables).to_string().into_bytes());
         positions.push(s.position);
     }
     sqlx::query(
         &format!("INSERT INTO {schema}.subjects (id, study_id, label, state, body, position) \
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::bytea[], $6::int8[]) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::bytea[], $6::int8[]) \
          ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position"),
     )
     .bind(&ids)
@@ -320,15 +321,15 @@ pub async fn store(
         rows.subject_ids.push(o.state.subject_id);
         rows.observed_at.push(o.state.observed_at);
         rows.live.push(live(o));
-        rows.values.push(serde_json::to_value(&o.state.values)?);
-        rows.states.push(serde_json::to_value(o)?);
-        rows.bodies.push(o.document().to_string().into_bytes());
+        rows.values.push(serde_json::to_string(&o.state.values)?);
+        rows.states.push(serde_json::to_vec(o)?);
+        rows.bodies.push(o.document());
         rows.positions.push(o.position);
     }
     sqlx::query(
         &format!("INSERT INTO {schema}.observations (id, study_id, subject_id, observed_at, live, \"values\", state, body, position) \
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::bool[], $6::jsonb[], \
-                              $7::jsonb[], $8::bytea[], $9::int8[]) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::bool[], $6::text[]::json[], \
+                              $7::bytea[], $8::bytea[], $9::int8[]) \
          ON CONFLICT (id) DO UPDATE SET live = EXCLUDED.live, \"values\" = EXCLUDED.\"values\", \
            state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position"),
     )
@@ -409,8 +410,8 @@ struct ObservationRows {
     subject_ids: Vec<Uuid>,
     observed_at: Vec<DateTime<Utc>>,
     live: Vec<bool>,
-    values: Vec<Value>,
-    states: Vec<Value>,
+    values: Vec<String>,
+    states: Vec<Vec<u8>>,
     bodies: Vec<Vec<u8>>,
     positions: Vec<i64>,
 }

@@ -518,31 +518,78 @@ impl SubjectView {
     }
 }
 
+/// A time in the one textual form (`format_time`), written without an
+/// intermediate string.
+struct Time<'a>(&'a DateTime<Utc>);
+
+impl Serialize for Time<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    }
+}
+
+#[derive(Serialize)]
+struct SignatureDoc<'a> {
+    signer: &'a str,
+    meaning: crate::domain::SignatureMeaning,
+    signed_at: Time<'a>,
+}
+
+#[derive(Serialize)]
+struct ObservationDoc<'a> {
+    id: Uuid,
+    study_id: Uuid,
+    subject_id: Uuid,
+    observed_at: Time<'a>,
+    values: &'a BTreeMap<String, Value>,
+    original_values: &'a BTreeMap<String, Value>,
+    comment: &'a Option<String>,
+    status: ObservationStatus,
+    corrections: u32,
+    signatures: Vec<SignatureDoc<'a>>,
+    recorded_by: &'a str,
+    recorded_at: Time<'a>,
+    last_changed_by: &'a str,
+    last_changed_at: Time<'a>,
+    last_change_reason: &'a Option<String>,
+    version: i64,
+    position: i64,
+}
+
 impl ObservationView {
-    /// The observation document of the contract.
-    pub fn document(&self) -> Value {
+    /// The observation document of the contract, as JSON bytes. This runs
+    /// for every event a replay applies, so it serializes straight from the
+    /// view rather than through a `Value` tree.
+    pub fn document(&self) -> Vec<u8> {
         let o = &self.state;
-        json!({
-            "id": o.id,
-            "study_id": o.study_id,
-            "subject_id": o.subject_id,
-            "observed_at": format_time(&o.observed_at),
-            "values": o.values,
-            "original_values": o.original_values,
-            "comment": o.comment,
-            "status": o.status,
-            "corrections": o.corrections,
-            "signatures": o.signatures.iter().map(|s| json!({
-                "signer": s.signer, "meaning": s.meaning, "signed_at": format_time(&s.signed_at)
-            })).collect::<Vec<_>>(),
-            "recorded_by": o.recorded_by,
-            "recorded_at": format_time(&o.recorded_at),
-            "last_changed_by": o.last_changed_by,
-            "last_changed_at": format_time(&o.last_changed_at),
-            "last_change_reason": o.last_change_reason,
-            "version": o.version,
-            "position": self.position,
-        })
+        let doc = ObservationDoc {
+            id: o.id,
+            study_id: o.study_id,
+            subject_id: o.subject_id,
+            observed_at: Time(&o.observed_at),
+            values: &o.values,
+            original_values: &o.original_values,
+            comment: &o.comment,
+            status: o.status,
+            corrections: o.corrections,
+            signatures: o
+                .signatures
+                .iter()
+                .map(|s| SignatureDoc {
+                    signer: &s.signer,
+                    meaning: s.meaning,
+                    signed_at: Time(&s.signed_at),
+                })
+                .collect(),
+            recorded_by: &o.recorded_by,
+            recorded_at: Time(&o.recorded_at),
+            last_changed_by: &o.last_changed_by,
+            last_changed_at: Time(&o.last_changed_at),
+            last_change_reason: &o.last_change_reason,
+            version: o.version,
+            position: self.position,
+        };
+        serde_json::to_vec(&doc).expect("a document always serializes")
     }
 }
 

@@ -296,7 +296,8 @@ fn documents_have_the_contract_shape() {
         log.views.subjects[&Uuid::from_u128(100)].document(&log.views.studies[&STUDY].variables);
     assert_eq!(subject["latest"]["mass"]["value"], 3750.0);
     assert_eq!(subject["latest"]["mass"]["observation_id"], id.to_string());
-    let observation = log.views.observations[&id].document();
+    let observation: Value =
+        serde_json::from_slice(&log.views.observations[&id].document()).unwrap();
     assert_eq!(observation["status"], "recorded");
     assert_eq!(observation["original_values"], observation["values"]);
     assert_eq!(observation["observed_at"], "2007-11-11T00:00:00.000000Z");

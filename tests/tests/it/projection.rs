@@ -156,7 +156,7 @@ fn replay(events: &[StoredEvent]) -> HashMap<Uuid, Value> {
         docs.insert(s.id, s.document(&views.studies[&s.study_id].variables));
     }
     for o in views.observations.values() {
-        docs.insert(o.state.id, o.document());
+        docs.insert(o.state.id, serde_json::from_slice(&o.document()).unwrap());
     }
     docs
 }
@@ -331,7 +331,8 @@ async fn verify_replay_passes_on_true_read_models_and_names_a_tampered_one() {
     // Somebody edits a read row behind the projector's back.
     let (id,): (Uuid,) = sqlx::query_as(
         "UPDATE read_model.observations SET body = convert_to(replace(convert_from(body, 'UTF8'), '\"recorded\"', \
-         '\"corrected\"'), 'UTF8') WHERE id = (SELECT id FROM read_model.observations WHERE state->>'status' = 'recorded' \
+         '\"corrected\"'), 'UTF8') WHERE id = (SELECT id FROM read_model.observations \
+         WHERE convert_from(body, 'UTF8')::jsonb->>'status' = 'recorded' \
          ORDER BY id LIMIT 1) RETURNING id",
     )
     .fetch_one(&pool)
