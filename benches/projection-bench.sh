@@ -79,18 +79,22 @@ printf '%-34s %14.0f   (%.2f x raw)\n' "projector rebuild (events/s)" "$rebuild_
 
 echo
 echo "[bench] projection lag under a live load"
-half=$("$BIN/research-bench" write --api "http://127.0.0.1:$API_PORT" --token "$TOKEN" --connections 64 --seconds 5 --json \
-    | python3 -c "import json,sys; print(round(json.load(sys.stdin)['rate'] / 2))")
 PROJECTOR_ADDR=127.0.0.1:$PROJECTOR_PORT "$BIN/projector" >"$WORK/projector.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 60); do curl -fsS "http://127.0.0.1:$PROJECTOR_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
-# Let it catch up with the writes above before measuring.
-for _ in $(seq 1 120); do
-    cp=$("${PSQL[@]}" -d "$DB" -c "SELECT position FROM read_model.checkpoint")
-    head=$("${PSQL[@]}" -d "$DB" -c "SELECT max(position) FROM events")
-    [ "$cp" = "$head" ] && break
-    sleep 1
-done
+catch_up() {
+    for _ in $(seq 1 300); do
+        cp=$("${PSQL[@]}" -d "$DB" -c "SELECT position FROM read_model.checkpoint")
+        head=$("${PSQL[@]}" -d "$DB" -c "SELECT max(position) FROM events")
+        [ "$cp" = "$head" ] && return
+        sleep 1
+    done
+}
+catch_up
+# The maximum rate with the projector running, then half of it.
+half=$("$BIN/research-bench" write --api "http://127.0.0.1:$API_PORT" --token "$TOKEN" --connections 64 --seconds 5 --json \
+    | python3 -c "import json,sys; print(round(json.load(sys.stdin)['rate'] / 2))")
+catch_up
 curl -fsS "http://127.0.0.1:$PROJECTOR_PORT/metrics" >"$WORK/before.prom"
 "$BIN/research-bench" write --api "http://127.0.0.1:$API_PORT" --token "$TOKEN" --connections 64 --seconds "$SECONDS_PER_RUN" --rate "$half"
 sleep 2

@@ -53,6 +53,7 @@ pub struct Projector {
     consumer: Option<consumer::PullConsumer>,
     checkpoint: i64,
     redis: Option<cache::RedisSink>,
+    head_reported: Option<Instant>,
     pub healthy: Arc<AtomicBool>,
 }
 
@@ -74,6 +75,7 @@ impl Projector {
             consumer: None,
             checkpoint,
             redis: None,
+            head_reported: None,
             healthy: Arc::new(AtomicBool::new(true)),
         })
     }
@@ -191,6 +193,7 @@ impl Projector {
         } else {
             self.apply(&events).await?;
         }
+        self.report_head().await;
         if let Some(message) = last_message {
             // AckPolicy::All: acknowledging the last acknowledges the batch.
             if let Err(e) = message.ack_with(AckKind::Ack).await {
@@ -202,6 +205,26 @@ impl Projector {
             backfilled,
             checkpoint: self.checkpoint,
         })
+    }
+
+    /// Publishes the head of the log and the lag in events, at most once a
+    /// second (one index lookup).
+    async fn report_head(&mut self) {
+        if self
+            .head_reported
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.head_reported = Some(Instant::now());
+        if let Ok(head) = sqlx::query_scalar::<_, Option<i64>>("SELECT max(position) FROM events")
+            .fetch_one(&self.pool)
+            .await
+        {
+            let head = head.unwrap_or(0);
+            metrics::gauge!("projector_head_position").set(head as f64);
+            metrics::gauge!("projector_lag_events").set((head - self.checkpoint).max(0) as f64);
+        }
     }
 
     /// Applies contiguous events after the checkpoint in one transaction.
