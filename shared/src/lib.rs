@@ -9,7 +9,8 @@
 //! - [`config`]: parsing helpers for the services' settings;
 //! - [`problem`]: RFC 9457 problem details;
 //! - [`projection`]: the read models' documents and statistics (pure);
-//! - [`telemetry`]: logging set-up shared by the binaries.
+//! - [`telemetry`]: logging, metrics and shutdown set-up of the binaries;
+//! - [`verify`]: verification of the hash chain and order of the log.
 
 pub mod auth;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod problem;
 pub mod projection;
 pub mod store;
 pub mod telemetry;
+pub mod verify;
 
 /// The migrations of the whole database, applied at start-up by every
 /// service (sqlx serialises concurrent runs with an advisory lock).

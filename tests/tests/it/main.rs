@@ -1,6 +1,7 @@
 //! Integration tests of the write side against real PostgreSQL and NATS
 //! JetStream: one binary, one module per concern.
 
+mod audit;
 mod commands;
 mod concurrency;
 mod env;
