@@ -82,6 +82,16 @@ pub async fn replay_into(
     Ok(position)
 }
 
+/// Takes the live writer lock for the transaction; answers the live
+/// checkpoint, which cannot move until the transaction ends.
+async fn hold_live(tx: &mut sqlx::PgConnection) -> anyhow::Result<i64> {
+    lock_writer(tx, LIVE_SCHEMA).await?;
+    sqlx::query_scalar(&format!("SELECT position FROM {LIVE_SCHEMA}.checkpoint"))
+        .fetch_one(tx)
+        .await
+        .context("reading the live checkpoint")
+}
+
 /// Rebuilds the read models beside the live ones and switches to them once
 /// caught up; the live tables keep serving (and the live projector keeps
 /// projecting) until the switch. Answers the position at the switch.
@@ -92,11 +102,7 @@ pub async fn rebuild(pool: &PgPool, progress: bool) -> anyhow::Result<i64> {
     let mut conn = pool.acquire().await.context("acquiring a connection")?;
     let mut tx = conn.begin().await?;
     // The live writer lock stops the live projector between batches.
-    lock_writer(&mut tx, LIVE_SCHEMA).await?;
-    let live: i64 = sqlx::query_scalar(&format!("SELECT position FROM {LIVE_SCHEMA}.checkpoint"))
-        .fetch_one(&mut *tx)
-        .await
-        .context("reading the live checkpoint")?;
+    let live = hold_live(&mut tx).await?;
     // Catch up with everything committed so far (at least the live state).
     let reached = replay_into(pool, &next, None, false).await?;
     anyhow::ensure!(
@@ -141,11 +147,7 @@ pub async fn verify(pool: &PgPool, progress: bool) -> anyhow::Result<(i64, Optio
     let mut conn = pool.acquire().await.context("acquiring a connection")?;
     let mut tx = conn.begin().await?;
     // The live tables hold still while they are compared.
-    lock_writer(&mut tx, LIVE_SCHEMA).await?;
-    let live: i64 = sqlx::query_scalar(&format!("SELECT position FROM {LIVE_SCHEMA}.checkpoint"))
-        .fetch_one(&mut *tx)
-        .await
-        .context("reading the live checkpoint")?;
+    let live = hold_live(&mut tx).await?;
     let replayed: i64 = sqlx::query_scalar(&format!("SELECT position FROM {scratch}.checkpoint"))
         .fetch_one(&mut *tx)
         .await?;

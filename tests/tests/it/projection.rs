@@ -124,6 +124,19 @@ async fn head(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
+/// Waits until every stored event is in the stream.
+async fn published(env: &Env, pool: &PgPool) -> async_nats::jetstream::Context {
+    let js = env.stream.jetstream().await;
+    let n = head(pool).await as usize;
+    wait_until(Duration::from_secs(30), "publishing", || {
+        let js = js.clone();
+        let name = env.stream.name.clone();
+        async move { (read_stream(&js, &name).await.ok()?.len() >= n).then_some(()) }
+    })
+    .await;
+    js
+}
+
 /// Steps until the checkpoint reaches the head of the log.
 async fn catch_up(projector: &mut Projector, pool: &PgPool) -> usize {
     let target = head(pool).await;
@@ -189,15 +202,8 @@ async fn incremental_projection_equals_a_replay_of_the_log() {
     let env = Env::start().await;
     let pool = env.db.pool().await;
     history(&env).await;
-    let js = env.stream.jetstream().await;
-    // Wait until everything is published, so the fast path carries it.
-    let n = head(&pool).await as usize;
-    wait_until(Duration::from_secs(30), "publishing", || {
-        let js = js.clone();
-        let name = env.stream.name.clone();
-        async move { (read_stream(&js, &name).await.ok()?.len() >= n).then_some(()) }
-    })
-    .await;
+    // Everything published first, so that the fast path carries it.
+    let js = published(&env, &pool).await;
     // Small batches, so that views and needs cross batch boundaries.
     let small = ProjectorConfig {
         max_batch: 7,
@@ -230,14 +236,7 @@ async fn a_lost_message_is_backfilled_from_the_event_store() {
     let env = Env::start().await;
     let pool = env.db.pool().await;
     history(&env).await;
-    let js = env.stream.jetstream().await;
-    let n = head(&pool).await as usize;
-    wait_until(Duration::from_secs(30), "publishing", || {
-        let js = js.clone();
-        let name = env.stream.name.clone();
-        async move { (read_stream(&js, &name).await.ok()?.len() >= n).then_some(()) }
-    })
-    .await;
+    let js = published(&env, &pool).await;
     // NATS loses message 5 (its stream sequence is its position).
     let stream = js.get_stream(&env.stream.name).await.unwrap();
     assert!(stream.delete_message(5).await.unwrap());

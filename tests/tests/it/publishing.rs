@@ -136,6 +136,35 @@ async fn start_process(db: &TestDb, stream: &TestStream, port: u16) -> Child {
     child
 }
 
+/// Registers a penguin study and a subject through the API at `base`;
+/// answers the URL that records the subject's observations.
+async fn observations_url(http: &reqwest::Client, base: &str, writer: &str) -> String {
+    let post = |url: String, body: Value| async move {
+        let r: Value = http
+            .post(url)
+            .bearer_auth(writer)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["id"].as_str().unwrap().to_owned()
+    };
+    let study = post(
+        format!("{base}/v1/studies"),
+        tests::penguins()[0].register_body(),
+    )
+    .await;
+    let subject = post(
+        format!("{base}/v1/studies/{study}/subjects"),
+        json!({"label": "N1A1"}),
+    )
+    .await;
+    format!("{base}/v1/subjects/{subject}/observations")
+}
+
 #[tokio::test]
 async fn a_killed_command_api_publishes_every_committed_event_exactly_once_after_restart() {
     let db = TestDb::create().await;
@@ -146,29 +175,7 @@ async fn a_killed_command_api_publishes_every_committed_event_exactly_once_after
     let http = reqwest::Client::new();
     let writer = tests::token("alice", &[shared::auth::Role::Writer]);
 
-    let study = &tests::penguins()[0];
-    let r: Value = http
-        .post(format!("{base}/v1/studies"))
-        .bearer_auth(&writer)
-        .json(&study.register_body())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let study_id = r["id"].as_str().unwrap().to_owned();
-    let r: Value = http
-        .post(format!("{base}/v1/studies/{study_id}/subjects"))
-        .bearer_auth(&writer)
-        .json(&json!({"label": "N1A1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let subject = r["id"].as_str().unwrap().to_owned();
+    let url = observations_url(&http, &base, &writer).await;
 
     // Load from 16 clients, and kill -9 in the middle of it.
     let stop = Arc::new(AtomicBool::new(false));
@@ -183,7 +190,7 @@ async fn a_killed_command_api_publishes_every_committed_event_exactly_once_after
                 accepted.clone(),
                 acknowledged.clone(),
             );
-            let url = format!("{base}/v1/subjects/{subject}/observations");
+            let url = url.clone();
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(r) = http
@@ -290,34 +297,7 @@ async fn sigterm_finishes_in_flight_commands_and_publishes_them_before_exit() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let writer = tests::token("alice", &[shared::auth::Role::Writer]);
-    let study: Value = http
-        .post(format!("{base}/v1/studies"))
-        .bearer_auth(&writer)
-        .json(&tests::penguins()[0].register_body())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let url = format!(
-        "{base}/v1/studies/{}/subjects",
-        study["id"].as_str().unwrap()
-    );
-    let subject: Value = http
-        .post(&url)
-        .bearer_auth(&writer)
-        .json(&json!({"label": "N1A1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let url = format!(
-        "{base}/v1/subjects/{}/observations",
-        subject["id"].as_str().unwrap()
-    );
+    let url = observations_url(&http, &base, &writer).await;
 
     let accepted = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..8)
