@@ -307,9 +307,15 @@ impl Engine {
             }
         }
 
+        // Every event names its study (the CloudEvents `source`), also when
+        // the decision did not need the study's own state.
         let study_id = match command {
             Command::RegisterStudy(c) => Some(c.study_id),
-            _ => study.as_ref().map(|s| s.state.study_id()),
+            _ => study
+                .as_ref()
+                .or(subject.as_ref())
+                .or(observation.as_ref())
+                .map(|s| s.state.study_id()),
         };
         if let Some(study_id) = study_id {
             if !meta.principal.may_access_study(study_id) {

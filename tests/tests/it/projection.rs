@@ -405,3 +405,141 @@ async fn a_projector_killed_mid_batch_resumes_without_counting_twice() {
     second.wait().await.unwrap();
     assert_matches_replay(&pool).await;
 }
+
+/// One command of a random history over two subjects of a penguin study,
+/// with values taken from the real rows.
+#[derive(Debug, Clone)]
+enum Op {
+    Record {
+        subject: usize,
+        row: usize,
+    },
+    Correct {
+        nth: usize,
+        row: usize,
+        to_null: bool,
+    },
+    Retract {
+        nth: usize,
+    },
+    Sign {
+        nth: usize,
+        approve: bool,
+    },
+    Withdraw {
+        subject: usize,
+    },
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        5 => (0..2usize, 0..110usize).prop_map(|(subject, row)| Op::Record { subject, row }),
+        3 => (any::<usize>(), 0..110usize, any::<bool>()).prop_map(|(nth, row, to_null)| Op::Correct { nth, row, to_null }),
+        1 => any::<usize>().prop_map(|nth| Op::Retract { nth }),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(nth, approve)| Op::Sign { nth, approve }),
+        1 => (0..2usize).prop_map(|subject| Op::Withdraw { subject }),
+    ]
+}
+
+/// Runs a history through the command API (refusals included: they write
+/// nothing), projects it in batches of three, and compares with a replay.
+async fn run_history(ops: Vec<Op>) {
+    let env = Env::start().await;
+    let pool = env.db.pool().await;
+    let study = env.study().await;
+    let subjects = [env.subject(study).await, {
+        let body = json!({"label": "N1A2"});
+        env.api
+            .post(&format!("/v1/studies/{study}/subjects"), &env.writer, &body)
+            .await
+            .id()
+    }];
+    let rows: Vec<_> = tests::penguins()[0]
+        .subjects
+        .iter()
+        .map(|s| s.observations[0].clone())
+        .collect();
+    let mut recorded: Vec<Uuid> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Record { subject, row } => {
+                let answer = env
+                    .record(subjects[subject], &rows[row].record_body())
+                    .await;
+                if answer.status == 201 {
+                    recorded.push(answer.id());
+                }
+            }
+            Op::Correct { nth, row, to_null } if !recorded.is_empty() => {
+                let id = recorded[nth % recorded.len()];
+                let value = if to_null {
+                    Value::Null
+                } else {
+                    rows[row].values["body_mass_g"].clone()
+                };
+                let body = json!({"values": {"body_mass_g": value, "culmen_length_mm": rows[row].values["culmen_length_mm"]},
+                                  "reason": "re-measured"});
+                env.api
+                    .post(
+                        &format!("/v1/observations/{id}/corrections"),
+                        &env.writer2,
+                        &body,
+                    )
+                    .await;
+            }
+            Op::Retract { nth } if !recorded.is_empty() => {
+                let id = recorded[nth % recorded.len()];
+                env.api
+                    .post(
+                        &format!("/v1/observations/{id}/retraction"),
+                        &env.writer,
+                        &json!({"reason": "wrong bird"}),
+                    )
+                    .await;
+            }
+            Op::Sign { nth, approve } if !recorded.is_empty() => {
+                let id = recorded[nth % recorded.len()];
+                let meaning = if approve { "approved" } else { "reviewed" };
+                env.api
+                    .post(
+                        &format!("/v1/observations/{id}/signatures"),
+                        &env.reviewer,
+                        &json!({"meaning": meaning}),
+                    )
+                    .await;
+            }
+            Op::Withdraw { subject } => {
+                env.api
+                    .post(
+                        &format!("/v1/subjects/{}/withdrawal", subjects[subject]),
+                        &env.writer,
+                        &json!({"reason": "r"}),
+                    )
+                    .await;
+            }
+            _ => {}
+        }
+    }
+    let small = ProjectorConfig {
+        max_batch: 3,
+        ..config(&env, "random")
+    };
+    let mut projector = Projector::new(pool.clone(), None, small).await.unwrap();
+    catch_up(&mut projector, &pool).await;
+    assert_matches_replay(&pool).await;
+}
+
+#[test]
+fn random_histories_project_like_a_replay() {
+    use proptest::prelude::*;
+    let config = ProptestConfig {
+        cases: 8,
+        max_shrink_iters: 20,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(ops in proptest::collection::vec(op(), 1..30))| {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(run_history(ops));
+    });
+}

@@ -127,3 +127,36 @@ async fn an_independent_python_check_recomputes_the_chain_of_real_events() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[tokio::test]
+async fn every_event_names_its_study() {
+    let env = Env::start().await;
+    let (study, subject, observation) = env.recorded().await;
+    let withdraw = serde_json::json!({"reason": "nest abandoned"});
+    let path = format!("/v1/subjects/{subject}/withdrawal");
+    assert_eq!(
+        env.api.post(&path, &env.writer, &withdraw).await.status,
+        200
+    );
+    let sign = format!("/v1/observations/{observation}/signatures");
+    assert_eq!(
+        env.api
+            .post(
+                &sign,
+                &env.reviewer,
+                &serde_json::json!({"meaning": "reviewed"})
+            )
+            .await
+            .status,
+        200
+    );
+    let events = EventStore::read_after(&env.db.pool().await, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 5);
+    assert!(
+        events.iter().all(|e| e.study_id == study),
+        "{:?}",
+        events.iter().map(|e| e.study_id).collect::<Vec<_>>()
+    );
+}
