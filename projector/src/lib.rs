@@ -54,6 +54,8 @@ pub struct Projector {
     checkpoint: i64,
     redis: Option<cache::RedisSink>,
     head_reported: Option<Instant>,
+    /// NATS failed: read only the store until then.
+    nats_retry_at: Option<Instant>,
     pub healthy: Arc<AtomicBool>,
 }
 
@@ -76,6 +78,7 @@ impl Projector {
             checkpoint,
             redis: None,
             head_reported: None,
+            nats_retry_at: None,
             healthy: Arc::new(AtomicBool::new(true)),
         })
     }
@@ -152,16 +155,35 @@ impl Projector {
 
     /// Applies the next batch, if there is one.
     pub async fn step(&mut self) -> anyhow::Result<Outcome> {
-        let (mut events, last_message) = match self.fetch().await {
-            Ok(fetched) => fetched,
+        // After a NATS failure the store alone is read for a while, so that
+        // an outage costs no request timeouts on every step.
+        let nats_resting = self.nats_retry_at.is_some_and(|t| Instant::now() < t);
+        let fetched = if self.js.is_some() && !nats_resting {
+            // A fetch waits `idle_wait` at most when NATS answers; beyond
+            // that NATS is not answering (a client waiting to reconnect).
+            let limit = self.config.idle_wait + Duration::from_secs(1);
+            match tokio::time::timeout(limit, self.fetch()).await {
+                Ok(fetched) => fetched,
+                Err(_) => Err(anyhow::anyhow!("no answer from NATS in {limit:?}")),
+            }
+        } else {
+            Err(anyhow::anyhow!("NATS is not in use right now"))
+        };
+        let (mut events, last_message) = match fetched {
+            Ok(fetched) => {
+                self.nats_retry_at = None;
+                fetched
+            }
             Err(error) => {
-                if self.consumer.take().is_some() || self.js.is_some() {
+                if self.js.is_some() && !nats_resting {
                     tracing::warn!(
                         error = format!("{error:#}"),
                         "NATS unavailable; reading the event store"
                     );
+                    metrics::counter!("projector_nats_failures_total").increment(1);
+                    self.consumer = None;
+                    self.nats_retry_at = Some(Instant::now() + Duration::from_secs(2));
                 }
-                metrics::counter!("projector_nats_failures_total").increment(1);
                 (Vec::new(), None)
             }
         };

@@ -543,3 +543,101 @@ fn random_histories_project_like_a_replay() {
         runtime.block_on(run_history(ops));
     });
 }
+
+#[tokio::test]
+async fn nats_stopped_mid_run_costs_nothing_but_speed() {
+    use std::process::Stdio;
+
+    use tests::{command_config, CommandApi, TestDb, TestStream};
+
+    let port = crate::publishing::free_port();
+    let store_dir = std::env::temp_dir().join(format!("nats-{}", Uuid::new_v4().simple()));
+    let start_nats = || {
+        std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&store_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (installed by scripts/infra.sh)")
+    };
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut nats = start_nats();
+    wait_until(Duration::from_secs(10), "NATS to start", || async {
+        async_nats::connect(url.as_str()).await.ok().map(|_| ())
+    })
+    .await;
+
+    let db = TestDb::create().await;
+    let stream = TestStream::new();
+    let mut api_config = command_config(&db, &stream);
+    api_config.nats_url = url.clone();
+    let api = CommandApi::spawn(&api_config).await;
+    let writer = tests::token("alice", &[shared::auth::Role::Writer]);
+    let study = api
+        .post(
+            "/v1/studies",
+            &writer,
+            &tests::penguins()[0].register_body(),
+        )
+        .await
+        .id();
+    let subject = api
+        .post(
+            &format!("/v1/studies/{study}/subjects"),
+            &writer,
+            &json!({"label": "N1A1"}),
+        )
+        .await
+        .id();
+    let rows = &tests::penguins()[0].subjects;
+    let record = |i: usize| {
+        let body = rows[i].observations[0].record_body();
+        let (api, writer) = (&api, &writer);
+        async move {
+            let path = format!("/v1/subjects/{subject}/observations");
+            assert_eq!(
+                api.post(&path, writer, &body).await.status,
+                201,
+                "commands never wait for NATS"
+            );
+        }
+    };
+    for i in 0..5 {
+        record(i).await;
+    }
+    let pool = db.pool().await;
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+    let config = ProjectorConfig {
+        nats_stream: stream.name.clone(),
+        subject_prefix: stream.prefix.clone(),
+        consumer: "projector".into(),
+        idle_wait: Duration::from_millis(100),
+        max_batch: 4,
+    };
+    let mut projector = Projector::new(pool.clone(), Some(js), config)
+        .await
+        .unwrap();
+    catch_up(&mut projector, &pool).await;
+
+    // NATS goes away: commands still succeed, the projector reads the store.
+    nats.kill().unwrap();
+    nats.wait().unwrap();
+    for i in 5..10 {
+        record(i).await;
+    }
+    let backfilled = catch_up(&mut projector, &pool).await;
+    assert!(backfilled > 0, "the event store carried the projection");
+
+    // NATS returns (with its stream on disk) and the rest flows again.
+    let mut nats = start_nats();
+    for i in 10..15 {
+        record(i).await;
+    }
+    catch_up(&mut projector, &pool).await;
+    assert_matches_replay(&pool).await;
+    api.shutdown().await;
+    nats.kill().unwrap();
+    nats.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&store_dir);
+}
