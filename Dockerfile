@@ -9,7 +9,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/command-api /src/target/release/projector /src/target/release/mint-token /src/target/release/research-load /usr/local/bin/
+COPY --from=build /src/target/release/command-api /src/target/release/projector /src/target/release/query-api /src/target/release/research-verify /src/target/release/mint-token /src/target/release/research-load /usr/local/bin/
 COPY data /usr/share/research-records/data
 ENV RESEARCH_DATA_DIR=/usr/share/research-records/data
 USER nobody

@@ -39,7 +39,8 @@ start_service() {
 command -v curl >/dev/null 2>&1 || { echo "[start] curl is needed" >&2; exit 1; }
 start_service command-api "$COMMAND_API_ADDR"
 start_service projector "$PROJECTOR_ADDR"
-echo "[start] the query API is not part of this build yet; the read models fill read_model.* tables"
+start_service query-api "$QUERY_API_ADDR"
+echo "[start] the query API serves the audit endpoints; its document reads are not built yet"
 
 mint() { "$BIN/mint-token" --sub "$1" --roles "$2"; }
 WRITER=$(mint importer writer)
@@ -48,7 +49,8 @@ echo "[start] loading the Palmer penguins through the command API"
 
 cat <<MSG
 
-The command API listens on http://$COMMAND_API_ADDR (OpenAPI: http://$COMMAND_API_ADDR/openapi.json).
+The command API listens on http://$COMMAND_API_ADDR (OpenAPI: http://$COMMAND_API_ADDR/openapi.json),
+the audit endpoints on http://$QUERY_API_ADDR/v1/audit/ (auditor token).
 Tokens for one day (role: token):
   writer:   $WRITER
   reviewer: $(mint reviewer-1 reviewer)

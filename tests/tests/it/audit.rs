@@ -13,7 +13,7 @@ use crate::publishing::binary;
 
 /// A log of 7 events: study, subject, observation, correction, signature,
 /// a second observation and its retraction.
-async fn log(env: &Env) -> PgPool {
+pub async fn log(env: &Env) -> PgPool {
     let (_, subject, observation) = env.recorded().await;
     let path = format!("/v1/observations/{observation}/corrections");
     let correction = json!({"values": {"body_mass_g": 3800}, "reason": "scale recalibrated"});
@@ -65,7 +65,7 @@ fn verify(env: &Env, pin: Option<&str>) -> (i32, String) {
 }
 
 /// Runs SQL with the append-only guard switched off, as an attacker would.
-async fn tamper(pool: &PgPool, sql: &str) {
+pub async fn tamper(pool: &PgPool, sql: &str) {
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("ALTER TABLE events DISABLE TRIGGER USER")
         .execute(&mut *tx)

@@ -2,6 +2,7 @@
 //! JetStream: one binary, one module per concern.
 
 mod audit;
+mod audit_http;
 mod commands;
 mod concurrency;
 mod env;
