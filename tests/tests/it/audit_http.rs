@@ -167,3 +167,113 @@ async fn only_auditors_may_read_the_audit_trail() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// What an observation looked like after `events` (all of its own, in
+/// order), computed without the domain code: the independent reference.
+fn reference(events: &[StoredEvent]) -> Value {
+    let mut values = serde_json::Map::new();
+    let mut status = "recorded";
+    let mut signatures = 0;
+    let mut corrections = 0;
+    for e in events {
+        let data: Value = serde_json::from_str(&e.data).unwrap();
+        match e.event_type.as_str() {
+            "research.observation.recorded.v1" => {
+                values = data["values"].as_object().unwrap().clone()
+            }
+            "research.observation.corrected.v1" => {
+                for (k, v) in data["values"].as_object().unwrap() {
+                    values.insert(k.clone(), v.clone());
+                }
+                status = "corrected";
+                corrections += 1;
+                signatures = 0;
+            }
+            "research.observation.retracted.v1" => status = "retracted",
+            "research.observation.signed.v1" => signatures += 1,
+            other => panic!("{other} is not an observation event"),
+        }
+    }
+    serde_json::json!({"values": values, "status": status, "signatures": signatures,
+                       "corrections": corrections, "version": events.len()})
+}
+
+#[tokio::test]
+async fn as_of_answers_match_an_independent_replay_at_every_point_of_random_histories() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::{Config, TestRunner};
+
+    let env = Env::start().await;
+    let study = env.study().await;
+    let subject = env.subject(study).await;
+    let audit = Audit::start(&env).await;
+    let pool = env.db.pool().await;
+    let rows: Vec<_> = tests::penguins()[0]
+        .subjects
+        .iter()
+        .map(|s| s.observations[0].clone())
+        .collect();
+    // Histories: which change comes next to one observation (0 correct,
+    // 1 sign, 2 retract) and the real row whose mass a correction uses.
+    let mut runner = TestRunner::new(Config::with_cases(6));
+    let strategy = proptest::collection::vec((0..3u8, 0..110usize), 1..8);
+    let mut histories = Vec::new();
+    for _ in 0..6 {
+        histories.push(strategy.new_tree(&mut runner).unwrap().current());
+    }
+    for history in histories {
+        let observation = env.record(subject, &rows[0].record_body()).await.id();
+        for (change, row) in history {
+            let (path, token, body) = match change {
+                0 => (
+                    "corrections",
+                    &env.writer2,
+                    serde_json::json!({"values": {"body_mass_g": rows[row].values["body_mass_g"]}, "reason": "re-weighed"}),
+                ),
+                1 => (
+                    "signatures",
+                    &env.reviewer,
+                    serde_json::json!({"meaning": "reviewed"}),
+                ),
+                _ => (
+                    "retraction",
+                    &env.writer,
+                    serde_json::json!({"reason": "wrong bird"}),
+                ),
+            };
+            // Refusals (nothing changed, already signed, retracted) are part
+            // of real histories too; they add no event.
+            env.api
+                .post(
+                    &format!("/v1/observations/{observation}/{path}"),
+                    token,
+                    &body,
+                )
+                .await;
+        }
+        let all = EventStore::read_after(&pool, 0, 10_000).await.unwrap();
+        let own: Vec<StoredEvent> = all
+            .into_iter()
+            .filter(|e| e.aggregate_id == observation)
+            .collect();
+        for (i, e) in own.iter().enumerate() {
+            let at = shared::envelope::format_time(&e.recorded_at);
+            let (status, body) = audit
+                .get(&format!("/v1/audit/observations/{observation}?as_of={at}"))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let doc: Value = serde_json::from_str(&body).unwrap();
+            let seen = serde_json::json!({
+                "values": doc["values"], "status": doc["status"],
+                "signatures": doc["signatures"].as_array().unwrap().len(),
+                "corrections": doc["corrections"], "version": doc["version"],
+            });
+            assert_eq!(
+                seen,
+                reference(&own[..=i]),
+                "as of event {} of {observation}",
+                i + 1
+            );
+        }
+    }
+}
