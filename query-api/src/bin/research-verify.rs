@@ -19,7 +19,8 @@ use shared::verify::{Failure, PinnedHead, Verifier};
 #[command(name = "research-verify", version, about)]
 struct Args {
     /// A saved NDJSON export (CloudEvents, one a line); `-` reads stdin.
-    #[arg(long, conflicts_with = "database_url")]
+    /// When given, the database is not read.
+    #[arg(long)]
     file: Option<PathBuf>,
     /// The event store to read (used when no --file is given).
     #[arg(long, env = "DATABASE_URL")]
