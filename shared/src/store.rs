@@ -22,7 +22,7 @@ use crate::domain::{AggregateKind, DomainEvent};
 use crate::envelope::{StoredEvent, GENESIS_HASH};
 
 /// Advisory lock key that serialises appends across processes
-/// (`'research-events'` in ASCII, as a number).
+/// (`'research'` in ASCII, as a number).
 pub const APPEND_LOCK_KEY: i64 = 0x7265_7365_6172_6368;
 
 /// The columns of `events`, in the order [`event_from_row`] reads them.
