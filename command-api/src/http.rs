@@ -661,24 +661,19 @@ async fn run_batch(
             ))
         })
         .collect();
-    let creates: Vec<bool> = items
-        .iter()
-        .map(|i| i.as_ref().is_ok_and(|(c, _)| c.creates()))
-        .collect();
     let outcomes = state.engine.execute_batch(items).await;
     let mut highest = None;
     let results: Vec<Value> = outcomes
         .into_iter()
-        .zip(creates)
-        .map(|(outcome, creates)| match outcome {
+        .map(|outcome| match outcome {
             Ok(Executed {
                 id,
                 version,
                 position,
-                ..
+                created,
             }) => {
                 highest = highest.max(Some(position));
-                let status = if creates { 201 } else { 200 };
+                let status = if created { 201 } else { 200 };
                 json!({"status": status, "id": id, "version": version, "position": position})
             }
             Err(error) => {
