@@ -8,43 +8,12 @@
 #   verify:  research-verify over the exported NDJSON file.
 # Settings: EVENTS (default 1000000).
 set -euo pipefail
-source "$(dirname "$0")/../scripts/common.sh"
-load_env
+source "$(dirname "$0")/common.sh"
 EVENTS=${EVENTS:-1000000}
-API_PORT=${API_PORT:-18081}
 QUERY_PORT=${QUERY_PORT:-18082}
-
-scripts/infra.sh >/dev/null
-echo "[bench] building (release)"
-cargo build --release --bins --quiet
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-
-RUN_ID=$(date +%s)
-DB=bench_audit_$RUN_ID
-STREAM=BENCH_AUDIT_$RUN_ID
-export PGPASSWORD=$DB_PASSWORD
-PSQL=(psql -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -v ON_ERROR_STOP=1 -Atq)
+bench_setup audit
 STANDBY=(psql -h 127.0.0.1 -p "$REPLICA_PORT" -U "$DB_USER" -Atq)
-"${PSQL[@]}" -d postgres -c "CREATE DATABASE $DB"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
-    "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
-    "$BIN/research-bench" drop-stream "$STREAM" || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-export DATABASE_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB"
-export NATS_STREAM=$STREAM NATS_SUBJECT_PREFIX=benchaudit$RUN_ID RUST_LOG=warn
-COMMAND_API_ADDR=127.0.0.1:$API_PORT "$BIN/command-api" >"$WORK/api.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 60); do curl -fsS "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
-TOKEN=$("$BIN/mint-token" --sub bench --roles writer)
-replicates=$(( (EVENTS + 26118) / 26119 ))
-echo "[bench] loading $replicates replicate weather studies through the command API"
-"$BIN/research-load" --api "http://127.0.0.1:$API_PORT" --token "$TOKEN" weather --replicates "$replicates" 2>/dev/null | tail -1
+load_weather "$EVENTS"
 events=$("${PSQL[@]}" -d "$DB" -c "SELECT max(position) FROM events")
 echo "[bench] waiting for the standby to replay $events events"
 for _ in $(seq 1 600); do
@@ -63,7 +32,7 @@ QUERY_API_ADDR=127.0.0.1:$QUERY_PORT REPLICA_DATABASE_URL="postgres://$DB_USER:$
     "$BIN/query-api" >"$WORK/query.log" 2>&1 &
 QPID=$!
 PIDS+=($QPID)
-for _ in $(seq 1 60); do curl -fsS "http://127.0.0.1:$QUERY_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
+wait_ready "http://127.0.0.1:$QUERY_PORT/readyz"
 AUDITOR=$("$BIN/mint-token" --sub auditor --roles auditor)
 rss_before=$(awk '/VmRSS/ {print $2}' "/proc/$QPID/status")
 ( peak=0; while kill -0 "$QPID" 2>/dev/null; do

@@ -10,46 +10,14 @@
 #             the projection delay (commit to projection) from its metrics.
 # Settings: EVENTS (default 1000000), SECONDS_PER_RUN (default 15).
 set -euo pipefail
-source "$(dirname "$0")/../scripts/common.sh"
-load_env
+source "$(dirname "$0")/common.sh"
 EVENTS=${EVENTS:-1000000}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-15}
-API_PORT=${API_PORT:-18081}
 PROJECTOR_PORT=${PROJECTOR_PORT:-18083}
+bench_setup projection
 
-scripts/infra.sh >/dev/null
-echo "[bench] building (release)"
-cargo build --release --bins --quiet
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-
-RUN_ID=$(date +%s)
-DB=bench_projection_$RUN_ID
-STREAM=BENCH_PROJECTION_$RUN_ID
-PREFIX=benchprojection$RUN_ID
-export PGPASSWORD=$DB_PASSWORD
-PSQL=(psql -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -v ON_ERROR_STOP=1 -Atq)
-"${PSQL[@]}" -d postgres -c "CREATE DATABASE $DB"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
-    "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
-    "$BIN/research-bench" drop-stream "$STREAM" || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-export DATABASE_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB"
-export NATS_STREAM=$STREAM NATS_SUBJECT_PREFIX=$PREFIX RUST_LOG=warn REDIS_URL=
-COMMAND_API_ADDR=127.0.0.1:$API_PORT "$BIN/command-api" >"$WORK/api.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 60); do curl -fsS "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
-TOKEN=$("$BIN/mint-token" --sub bench --roles writer)
-
-replicates=$(( (EVENTS + 26118) / 26119 ))
-echo "[bench] loading $replicates replicate weather studies (about $EVENTS events) through the command API"
 started=$(date +%s.%N)
-"$BIN/research-load" --api "http://127.0.0.1:$API_PORT" --token "$TOKEN" weather --replicates "$replicates" 2>/dev/null | tail -1
+load_weather "$EVENTS"
 events=$("${PSQL[@]}" -d "$DB" -c "SELECT max(position) FROM events")
 load_s=$(python3 -c "import time; print(time.time() - $started)")
 printf '[bench] %s events loaded in %.0f s (%.0f events/s through the batch endpoint)\n' "$events" "$load_s" \
@@ -81,7 +49,7 @@ echo
 echo "[bench] projection lag under a live load"
 PROJECTOR_ADDR=127.0.0.1:$PROJECTOR_PORT "$BIN/projector" >"$WORK/projector.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 60); do curl -fsS "http://127.0.0.1:$PROJECTOR_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
+wait_ready "http://127.0.0.1:$PROJECTOR_PORT/readyz"
 catch_up() {
     for _ in $(seq 1 300); do
         cp=$("${PSQL[@]}" -d "$DB" -c "SELECT position FROM read_model.checkpoint")
@@ -92,11 +60,11 @@ catch_up() {
 }
 catch_up
 # The maximum rate with the projector running, then half of it.
-half=$("$BIN/research-bench" write --api "http://127.0.0.1:$API_PORT" --token "$TOKEN" --connections 64 --seconds 5 --json \
+half=$("$BIN/research-bench" write --api "$API" --token "$TOKEN" --connections 64 --seconds 5 --json \
     | python3 -c "import json,sys; print(round(json.load(sys.stdin)['rate'] / 2))")
 catch_up
 curl -fsS "http://127.0.0.1:$PROJECTOR_PORT/metrics" >"$WORK/before.prom"
-"$BIN/research-bench" write --api "http://127.0.0.1:$API_PORT" --token "$TOKEN" --connections 64 --seconds "$SECONDS_PER_RUN" --rate "$half"
+"$BIN/research-bench" write --api "$API" --token "$TOKEN" --connections 64 --seconds "$SECONDS_PER_RUN" --rate "$half"
 sleep 2
 curl -fsS "http://127.0.0.1:$PROJECTOR_PORT/metrics" >"$WORK/after.prom"
 python3 - "$WORK/before.prom" "$WORK/after.prom" <<'PY'

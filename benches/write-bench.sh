@@ -8,37 +8,9 @@
 #                 then at half the maximum rate for the latency goal.
 # Settings: SECONDS_PER_RUN (default 10), API_PORT (default 18081).
 set -euo pipefail
-source "$(dirname "$0")/../scripts/common.sh"
-load_env
+source "$(dirname "$0")/common.sh"
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
-API_PORT=${API_PORT:-18081}
-
-scripts/infra.sh >/dev/null
-echo "[bench] building (release)"
-cargo build --release --bins --quiet
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-
-RUN_ID=$(date +%s)
-DB=bench_write_$RUN_ID
-STREAM=BENCH_WRITE_$RUN_ID
-export PGPASSWORD=$DB_PASSWORD
-PSQL=(psql -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -v ON_ERROR_STOP=1 -Atq)
-"${PSQL[@]}" -d postgres -c "CREATE DATABASE $DB"
-WORK=$(mktemp -d)
-API_PID=
-cleanup() {
-    [ -n "$API_PID" ] && kill "$API_PID" 2>/dev/null && wait "$API_PID" 2>/dev/null || true
-    "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
-    "$BIN/research-bench" drop-stream "$STREAM" || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-DB_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB"
-COMMAND_API_ADDR=127.0.0.1:$API_PORT DATABASE_URL=$DB_URL NATS_STREAM=$STREAM \
-    NATS_SUBJECT_PREFIX=benchwrite$RUN_ID RUST_LOG=warn "$BIN/command-api" >"$WORK/api.log" 2>&1 &
-API_PID=$!
-for _ in $(seq 1 60); do curl -fsS "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
+bench_setup write
 
 # The baseline table: the events table's shape without its append-only
 # triggers, and the same real weather row as payload.
@@ -52,13 +24,12 @@ VALUES (nextval('bench_seq'), gen_random_uuid(), 'observation', gen_random_uuid(
   'bench', NULL, 'bench', 'bench', now(), decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'));
 SQL
 
-TOKEN=$("$BIN/mint-token" --sub bench --roles writer)
 pgbench_tps() {
     pgbench -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -n -c "$1" -j 2 -T "$SECONDS_PER_RUN" -f "$WORK/insert.sql" "$DB" 2>/dev/null \
         | awk '/^tps = / {print $3}'
 }
 api_run() {
-    "$BIN/research-bench" write --api "http://127.0.0.1:$API_PORT" --token "$TOKEN" --seconds "$SECONDS_PER_RUN" --json "$@"
+    "$BIN/research-bench" write --api "$API" --token "$TOKEN" --seconds "$SECONDS_PER_RUN" --json "$@"
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
