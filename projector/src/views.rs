@@ -63,7 +63,7 @@ pub async fn load(
     for (state,) in rows {
         let view: SubjectView =
             serde_json::from_slice(&state).context("decoding a subject view")?;
-        views.subjects.insert(view.id, view);
+        views.subjects.insert(view.state.id, view);
     }
     let ids: Vec<Uuid> = study_ids.into_iter().collect();
     let rows: Vec<(Vec<u8>,)> = sqlx::query_as(&format!(
@@ -75,7 +75,7 @@ pub async fn load(
     .context("loading study views")?;
     for (state,) in rows {
         let view: StudyView = serde_json::from_slice(&state).context("decoding a study view")?;
-        views.studies.insert(view.id, view);
+        views.studies.insert(view.state.id, view);
     }
     Ok(views)
 }
@@ -158,7 +158,7 @@ pub async fn resolve(
                     let mut view: SubjectView =
                         serde_json::from_slice(&state).context("decoding a subject view")?;
                     view.position = position;
-                    views.subjects.insert(view.id, view);
+                    views.subjects.insert(view.state.id, view);
                 }
             }
             Need::Latest {
@@ -240,8 +240,8 @@ pub async fn store(
     let mut bodies = Vec::new();
     let mut positions = Vec::new();
     for s in views.studies.values() {
-        ids.push(s.id);
-        codes.push(s.code.as_str().to_owned());
+        ids.push(s.state.id);
+        codes.push(s.state.code.as_str().to_owned());
         states.push(serde_json::to_vec(s)?);
         bodies.push(s.document().to_string().into_bytes());
         positions.push(s.position);
@@ -280,12 +280,12 @@ pub async fn store(
     for s in views.subjects.values() {
         let variables = views
             .studies
-            .get(&s.study_id)
-            .map(|st| st.variables.as_slice())
+            .get(&s.state.study_id)
+            .map(|st| st.state.variables.as_slice())
             .unwrap_or_default();
-        ids.push(s.id);
-        study_ids.push(s.study_id);
-        labels.push(s.label.clone());
+        ids.push(s.state.id);
+        study_ids.push(s.state.study_id);
+        labels.push(s.state.label.clone());
         states.push(serde_json::to_vec(s)?);
         bodies.push(s.document(variables).to_string().into_bytes());
         positions.push(s.position);

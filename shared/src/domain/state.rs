@@ -26,7 +26,7 @@ pub enum StudyStatus {
     Closed,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StudyState {
     pub id: Uuid,
     pub code: StudyCode,
@@ -51,7 +51,7 @@ pub enum SubjectStatus {
     Withdrawn,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubjectState {
     pub id: Uuid,
     pub study_id: Uuid,

@@ -17,8 +17,8 @@ use uuid::Uuid;
 pub use stats::{Accumulator, Removed};
 
 use crate::domain::{
-    apply, AggregateState, DomainEvent, ObservationState, ObservationStatus, StudyCode,
-    StudyStatus, SubjectStatus, Variable, VariableKind,
+    apply, AggregateKind, AggregateState, DomainEvent, ObservationState, ObservationStatus,
+    StudyState, SubjectState, SubjectStatus, Variable, VariableKind,
 };
 use crate::envelope::{format_time, StoredEvent};
 
@@ -62,16 +62,12 @@ impl ObservationCounts {
     }
 }
 
+/// A study's document: its state (folded by the domain's `apply`) and
+/// what the read side adds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StudyView {
-    pub id: Uuid,
-    pub code: StudyCode,
-    pub title: String,
-    pub principal_investigator: String,
-    pub description: Option<String>,
-    pub status: StudyStatus,
-    pub variables: Vec<Variable>,
-    pub version: i64,
+    #[serde(flatten)]
+    pub state: StudyState,
     pub subjects: SubjectCounts,
     pub observations: ObservationCounts,
     pub stats: BTreeMap<String, Accumulator>,
@@ -89,12 +85,8 @@ pub struct Latest {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubjectView {
-    pub id: Uuid,
-    pub study_id: Uuid,
-    pub label: String,
-    pub attributes: Map<String, Value>,
-    pub status: SubjectStatus,
-    pub version: i64,
+    #[serde(flatten)]
+    pub state: SubjectState,
     /// Observations that are not retracted.
     pub observations: u64,
     pub latest: BTreeMap<String, Latest>,
@@ -165,103 +157,95 @@ impl Views {
         let meta = event.meta();
         let missing = |what, id| ProjectError::Missing { position, what, id };
         let mut needs = Vec::new();
-        match &domain {
-            DomainEvent::StudyRegistered(e) => {
-                self.studies.insert(
-                    e.study_id,
-                    StudyView {
-                        id: e.study_id,
-                        code: e.code.clone(),
-                        title: e.title.clone(),
-                        principal_investigator: e.principal_investigator.clone(),
-                        description: e.description.clone(),
-                        status: StudyStatus::Open,
-                        variables: e.variables.clone(),
-                        version: event.stream_version,
-                        subjects: SubjectCounts::default(),
-                        observations: ObservationCounts::default(),
-                        stats: BTreeMap::new(),
-                        last_activity_at: event.recorded_at,
-                        position,
-                    },
-                );
-            }
-            DomainEvent::StudyAmended(e) => {
-                let s = self
+        let id = event.aggregate_id;
+        match domain.aggregate_kind() {
+            AggregateKind::Study => {
+                let before = self
                     .studies
-                    .get_mut(&event.aggregate_id)
-                    .ok_or(missing("study", event.aggregate_id))?;
-                if let Some(title) = &e.title {
-                    s.title = title.clone();
+                    .get(&id)
+                    .map(|v| AggregateState::Study(v.state.clone()));
+                let AggregateState::Study(state) =
+                    apply(before, &domain, &meta).map_err(|e| invalid(e.to_string()))?
+                else {
+                    return Err(invalid("not a study event".into()));
+                };
+                match self.studies.get_mut(&id) {
+                    Some(view) => view.state = state,
+                    None => {
+                        self.studies.insert(
+                            id,
+                            StudyView {
+                                state,
+                                subjects: SubjectCounts::default(),
+                                observations: ObservationCounts::default(),
+                                stats: BTreeMap::new(),
+                                last_activity_at: event.recorded_at,
+                                position,
+                            },
+                        );
+                    }
                 }
-                if let Some(description) = &e.description {
-                    s.description = Some(description.clone());
-                }
-                s.variables.extend(e.add_variables.iter().cloned());
-                s.version = event.stream_version;
-                if !e.add_variables.is_empty() {
+                if matches!(&domain, DomainEvent::StudyAmended(e) if !e.add_variables.is_empty()) {
                     // Subject documents list the study's variables.
                     for subject in self
                         .subjects
                         .values_mut()
-                        .filter(|x| x.study_id == event.aggregate_id)
+                        .filter(|x| x.state.study_id == id)
                     {
                         subject.position = position;
                     }
                     needs.push(Need::StudySubjects {
-                        study_id: event.aggregate_id,
+                        study_id: id,
                         position,
                     });
                 }
             }
-            DomainEvent::StudyClosed => {
-                let s = self
-                    .studies
-                    .get_mut(&event.aggregate_id)
-                    .ok_or(missing("study", event.aggregate_id))?;
-                s.status = StudyStatus::Closed;
-                s.version = event.stream_version;
-            }
-            DomainEvent::SubjectRegistered(e) => {
-                let s = self
-                    .studies
-                    .get_mut(&e.study_id)
-                    .ok_or(missing("study", e.study_id))?;
-                s.subjects.total += 1;
-                s.subjects.active += 1;
-                self.subjects.insert(
-                    e.subject_id,
-                    SubjectView {
-                        id: e.subject_id,
-                        study_id: e.study_id,
-                        label: e.label.clone(),
-                        attributes: e.attributes.clone(),
-                        status: SubjectStatus::Active,
-                        version: event.stream_version,
-                        observations: 0,
-                        latest: BTreeMap::new(),
-                        stats: BTreeMap::new(),
-                        position,
-                    },
-                );
-            }
-            DomainEvent::SubjectWithdrawn => {
-                let subject = self
+            AggregateKind::Subject => {
+                let before = self.subjects.get(&id).map(|v| v.state.status);
+                let state = self
                     .subjects
-                    .get_mut(&event.aggregate_id)
-                    .ok_or(missing("subject", event.aggregate_id))?;
-                subject.status = SubjectStatus::Withdrawn;
-                subject.version = event.stream_version;
-                subject.position = position;
-                let s = self
+                    .get(&id)
+                    .map(|v| AggregateState::Subject(v.state.clone()));
+                let AggregateState::Subject(after) =
+                    apply(state, &domain, &meta).map_err(|e| invalid(e.to_string()))?
+                else {
+                    return Err(invalid("not a subject event".into()));
+                };
+                let study = self
                     .studies
-                    .get_mut(&subject.study_id)
-                    .ok_or(missing("study", subject.study_id))?;
-                s.subjects.active -= 1;
-                s.subjects.withdrawn += 1;
+                    .get_mut(&after.study_id)
+                    .ok_or(missing("study", after.study_id))?;
+                match (before, after.status) {
+                    (None, _) => {
+                        study.subjects.total += 1;
+                        study.subjects.active += 1;
+                    }
+                    (Some(SubjectStatus::Active), SubjectStatus::Withdrawn) => {
+                        study.subjects.active -= 1;
+                        study.subjects.withdrawn += 1;
+                    }
+                    _ => {}
+                }
+                match self.subjects.get_mut(&id) {
+                    Some(view) => {
+                        view.state = after;
+                        view.position = position;
+                    }
+                    None => {
+                        self.subjects.insert(
+                            id,
+                            SubjectView {
+                                state: after,
+                                observations: 0,
+                                latest: BTreeMap::new(),
+                                stats: BTreeMap::new(),
+                                position,
+                            },
+                        );
+                    }
+                }
             }
-            _ => {
-                let id = event.aggregate_id;
+            AggregateKind::Observation => {
                 let before = self.observations.get(&id).map(|v| v.state.clone());
                 let state = before.clone().map(AggregateState::Observation);
                 let after =
@@ -320,21 +304,21 @@ impl Views {
             if old == new {
                 continue;
             }
-            let Some(kind) = kind_of(&study.variables, name) else {
+            let Some(kind) = kind_of(&study.state.variables, name) else {
                 continue;
             };
             for (acc, need) in [
                 (
                     study.stats.entry(name.clone()).or_default(),
                     Need::StudyExtremes {
-                        study_id: study.id,
+                        study_id: study.state.id,
                         variable: name.clone(),
                     },
                 ),
                 (
                     subject.stats.entry(name.clone()).or_default(),
                     Need::SubjectExtremes {
-                        subject_id: subject.id,
+                        subject_id: subject.state.id,
                         variable: name.clone(),
                     },
                 ),
@@ -368,7 +352,7 @@ impl Views {
                     }
                 }
                 None if held_latest => needs.push(Need::Latest {
-                    subject_id: subject.id,
+                    subject_id: subject.state.id,
                     variable: name.clone(),
                 }),
                 None => {}
@@ -462,17 +446,17 @@ impl StudyView {
     /// The study document of the contract.
     pub fn document(&self) -> Value {
         json!({
-            "id": self.id,
-            "code": self.code,
-            "title": self.title,
-            "principal_investigator": self.principal_investigator,
-            "description": self.description,
-            "status": self.status,
+            "id": self.state.id,
+            "code": self.state.code,
+            "title": self.state.title,
+            "principal_investigator": self.state.principal_investigator,
+            "description": self.state.description,
+            "status": self.state.status,
             "subjects": self.subjects,
             "observations": self.observations,
-            "variables": self.variables.iter().map(|v| variable_doc(v, self.stats.get(v.name.as_str()))).collect::<Vec<_>>(),
+            "variables": self.state.variables.iter().map(|v| variable_doc(v, self.stats.get(v.name.as_str()))).collect::<Vec<_>>(),
             "last_activity_at": format_time(&self.last_activity_at),
-            "version": self.version,
+            "version": self.state.version,
             "position": self.position,
         })
     }
@@ -504,15 +488,15 @@ impl SubjectView {
             })
             .collect();
         json!({
-            "id": self.id,
-            "study_id": self.study_id,
-            "label": self.label,
-            "attributes": self.attributes,
-            "status": self.status,
+            "id": self.state.id,
+            "study_id": self.state.study_id,
+            "label": self.state.label,
+            "attributes": self.state.attributes,
+            "status": self.state.status,
             "observations": self.observations,
             "latest": latest,
             "variables": variables,
-            "version": self.version,
+            "version": self.state.version,
             "position": self.position,
         })
     }

@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::*;
 use crate::domain::{
-    DomainEvent, ObservationCorrected, ObservationRecorded, StudyRegistered, SubjectRegistered,
-    VariableName,
+    DomainEvent, ObservationCorrected, ObservationRecorded, StudyCode, StudyRegistered,
+    SubjectRegistered, VariableName,
 };
 use crate::envelope::GENESIS_HASH;
 
@@ -150,6 +150,7 @@ fn recompute(views: &Views) -> (Value, Vec<Value>) {
         .collect();
     let stats_over = |obs: &[&ObservationState]| -> Vec<Value> {
         study
+            .state
             .variables
             .iter()
             .map(|v| {
@@ -172,7 +173,7 @@ fn recompute(views: &Views) -> (Value, Vec<Value>) {
             .filter(|o| o.subject_id == id)
             .collect();
         let mut latest = Map::new();
-        for v in &study.variables {
+        for v in &study.state.variables {
             if let Some(o) = mine
                 .iter()
                 .filter(|o| o.values.get(v.name.as_str()).is_some_and(|x| !x.is_null()))
@@ -234,13 +235,13 @@ proptest! {
             }
             let (study_stats, subjects) = recompute(&log.views);
             let study = &log.views.studies[&STUDY];
-            let rendered: Vec<Value> = study.variables.iter()
+            let rendered: Vec<Value> = study.state.variables.iter()
                 .map(|v| study.stats.get(v.name.as_str()).cloned().unwrap_or_default().render(v.kind))
                 .collect();
             prop_assert_eq!(json!(rendered), study_stats);
             for (s, expected) in subjects.iter().enumerate() {
                 let view = &log.views.subjects[&Uuid::from_u128(100 + s as u128)];
-                let rendered: Vec<Value> = study.variables.iter()
+                let rendered: Vec<Value> = study.state.variables.iter()
                     .map(|v| view.stats.get(v.name.as_str()).cloned().unwrap_or_default().render(v.kind))
                     .collect();
                 prop_assert_eq!(&json!(rendered), &expected["stats"]);
@@ -292,8 +293,8 @@ fn documents_have_the_contract_shape() {
         json!({"n": 1, "counts": {"MALE": 1}})
     );
     assert_eq!(study["position"], 4);
-    let subject =
-        log.views.subjects[&Uuid::from_u128(100)].document(&log.views.studies[&STUDY].variables);
+    let subject = log.views.subjects[&Uuid::from_u128(100)]
+        .document(&log.views.studies[&STUDY].state.variables);
     assert_eq!(subject["latest"]["mass"]["value"], 3750.0);
     assert_eq!(subject["latest"]["mass"]["observation_id"], id.to_string());
     let observation: Value =

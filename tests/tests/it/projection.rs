@@ -163,10 +163,13 @@ fn replay(events: &[StoredEvent]) -> HashMap<Uuid, Value> {
     }
     let mut docs = HashMap::new();
     for s in views.studies.values() {
-        docs.insert(s.id, s.document());
+        docs.insert(s.state.id, s.document());
     }
     for s in views.subjects.values() {
-        docs.insert(s.id, s.document(&views.studies[&s.study_id].variables));
+        docs.insert(
+            s.state.id,
+            s.document(&views.studies[&s.state.study_id].state.variables),
+        );
     }
     for o in views.observations.values() {
         docs.insert(o.state.id, serde_json::from_slice(&o.document()).unwrap());
