@@ -3,12 +3,11 @@
 //! metrics, timeout, panic guard).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -16,9 +15,6 @@ use serde_json::{json, Value};
 use shared::auth::{Authenticator, HasAuthenticator, Principal, Role};
 use shared::problem::Problem;
 use shared::store::{command_answer_body, IdempotencyCompletion};
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
 use crate::engine::{CommandMeta, Engine, Executed};
@@ -33,7 +29,6 @@ pub const MAX_BATCH: usize = 1000;
 
 pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("consistency-token");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
 pub struct AppState {
@@ -54,7 +49,7 @@ type Shared = Arc<AppState>;
 
 pub fn router(state: Shared) -> Router {
     let timeout = state.request_timeout;
-    Router::new()
+    let routes = Router::new()
         .route("/v1/studies", post(register_study))
         .route("/v1/studies/{id}/amendments", post(amend_study))
         .route("/v1/studies/{id}/closure", post(close_study))
@@ -75,69 +70,12 @@ pub fn router(state: Shared) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
-        .fallback(|| async { Problem::not_found("no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-                "this endpoint does not take that method",
-            )
-        })
-        .layer(middleware::from_fn(move |req, next| {
-            with_timeout(timeout, req, next)
-        }))
-        .layer(middleware::from_fn(record_metrics))
-        .layer(CatchPanicLayer::custom(|_| {
-            let correlation_id = Uuid::now_v7().to_string();
-            tracing::error!(correlation_id, "handler panicked");
-            Problem::internal(&correlation_id).into_response()
-        }))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let route = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or("unmatched", |p| p.as_str())
-                .to_owned();
-            let request_id = req
-                .headers()
-                .get(&REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            tracing::info_span!("request", method = %req.method(), route, request_id)
-        }))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .with_state(state)
-}
-
-async fn with_timeout(limit: Duration, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => Problem::unavailable(format!(
-            "the request took longer than {} s; with an Idempotency-Key it is safe to retry",
-            limit.as_secs()
-        ))
-        .into_response(),
-    }
-}
-
-async fn record_metrics(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().to_string();
-    let started = Instant::now();
-    let response = next.run(req).await;
-    metrics::histogram!(
-        "http_request_duration_seconds",
-        "route" => route,
-        "method" => method,
-        "status" => response.status().as_u16().to_string()
+        .with_state(state);
+    shared::http::with_common_layers(
+        shared::http::with_fallbacks(routes),
+        timeout,
+        "; with an Idempotency-Key it is safe to retry",
     )
-    .record(started.elapsed().as_secs_f64());
-    response
 }
 
 async fn openapi_json() -> Response {
@@ -209,7 +147,7 @@ command_route!(
     #[utoipa::path(post, path = "/v1/studies", tag = "studies", request_body = input::RegisterStudyBody,
         params(crate::openapi::CommandHeaders),
         responses((status = 201, body = crate::openapi::CommandAnswer, headers(("Consistency-Token" = i64))),
-                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+                  (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     register_study, Kind::RegisterStudy
 );
 command_route!(
@@ -217,7 +155,7 @@ command_route!(
     #[utoipa::path(post, path = "/v1/studies/{id}/amendments", tag = "studies", request_body = input::AmendStudyBody,
         params(("id" = Uuid, Path, description = "study id"), crate::openapi::CommandHeaders),
         responses((status = 200, body = crate::openapi::CommandAnswer),
-                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+                  (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     amend_study, Kind::AmendStudy, path
 );
 command_route!(
@@ -225,7 +163,7 @@ command_route!(
     #[utoipa::path(post, path = "/v1/studies/{id}/closure", tag = "studies", request_body = input::ReasonBody,
         params(("id" = Uuid, Path, description = "study id"), crate::openapi::CommandHeaders),
         responses((status = 200, body = crate::openapi::CommandAnswer),
-                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+                  (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     close_study, Kind::CloseStudy, path
 );
 command_route!(
@@ -233,7 +171,7 @@ command_route!(
     #[utoipa::path(post, path = "/v1/studies/{id}/subjects", tag = "subjects", request_body = input::RegisterSubjectBody,
         params(("id" = Uuid, Path, description = "study id"), crate::openapi::CommandHeaders),
         responses((status = 201, body = crate::openapi::CommandAnswer),
-                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+                  (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     register_subject, Kind::RegisterSubject, path
 );
 command_route!(
@@ -241,7 +179,7 @@ command_route!(
     #[utoipa::path(post, path = "/v1/subjects/{id}/withdrawal", tag = "subjects", request_body = input::ReasonBody,
         params(("id" = Uuid, Path, description = "subject id"), crate::openapi::CommandHeaders),
         responses((status = 200, body = crate::openapi::CommandAnswer),
-                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+                  (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     withdraw_subject, Kind::WithdrawSubject, path
 );
 command_route!(
@@ -250,7 +188,7 @@ command_route!(
         request_body = input::RecordObservationBody,
         params(("id" = Uuid, Path, description = "subject id"), crate::openapi::CommandHeaders),
         responses((status = 201, body = crate::openapi::CommandAnswer),
-                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+                  (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     record_observation, Kind::RecordObservation, path
 );
 command_route!(
@@ -259,7 +197,7 @@ command_route!(
         request_body = input::CorrectObservationBody,
         params(("id" = Uuid, Path, description = "observation id"), crate::openapi::CommandHeaders),
         responses((status = 200, body = crate::openapi::CommandAnswer),
-                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+                  (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     correct_observation, Kind::CorrectObservation, path
 );
 command_route!(
@@ -267,7 +205,7 @@ command_route!(
     #[utoipa::path(post, path = "/v1/observations/{id}/retraction", tag = "observations", request_body = input::ReasonBody,
         params(("id" = Uuid, Path, description = "observation id"), crate::openapi::CommandHeaders),
         responses((status = 200, body = crate::openapi::CommandAnswer),
-                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+                  (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     retract_observation, Kind::RetractObservation, path
 );
 command_route!(
@@ -275,7 +213,7 @@ command_route!(
     #[utoipa::path(post, path = "/v1/observations/{id}/signatures", tag = "observations", request_body = input::SignBody,
         params(("id" = Uuid, Path, description = "observation id"), crate::openapi::CommandHeaders),
         responses((status = 200, body = crate::openapi::CommandAnswer),
-                  (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+                  (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     sign_observation, Kind::SignObservation, path
 );
 
@@ -339,7 +277,7 @@ fn parse_if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
 
 fn correlation_of(headers: &HeaderMap) -> (String, String) {
     let request_id = headers
-        .get(&REQUEST_ID)
+        .get(&shared::http::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| (1..=128).contains(&v.len()))
         .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
@@ -549,7 +487,7 @@ async fn single(
 #[utoipa::path(post, path = "/v1/commands", tag = "batch", request_body = input::BatchBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
     responses((status = 200, body = crate::openapi::BatchAnswer),
-              (status = "4XX", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+              (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
 pub async fn batch(
     State(state): State<Shared>,
     principal: Result<Principal, Problem>,

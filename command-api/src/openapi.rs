@@ -3,8 +3,8 @@
 //! `/openapi.json`.
 
 use serde::Serialize;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use shared::api_doc::{BearerAuth, ProblemDoc};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::{http, input};
@@ -46,42 +46,6 @@ pub struct BatchResult {
 #[derive(Serialize, ToSchema)]
 pub struct BatchAnswer {
     pub results: Vec<BatchResult>,
-}
-
-/// An RFC 9457 problem (see docs/problems.md).
-#[derive(Serialize, ToSchema)]
-pub struct ProblemDoc {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    pub errors: Option<Vec<FieldErrorDoc>>,
-    /// For a broken domain rule, its name.
-    pub rule: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct FieldErrorDoc {
-    pub field: String,
-    pub message: String,
-}
-
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
 }
 
 #[derive(OpenApi)]

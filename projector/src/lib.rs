@@ -269,9 +269,14 @@ impl Projector {
                 self.checkpoint = checkpoint;
             }
             Applied::Done { checkpoint, docs } => {
+                let after = self.checkpoint;
                 self.checkpoint = checkpoint;
                 if let Some(redis) = &self.redis {
-                    redis.send(docs);
+                    redis.send(cache::Batch {
+                        after,
+                        checkpoint,
+                        docs,
+                    });
                 }
                 metrics::histogram!("projector_batch_events").record(events.len() as f64);
                 metrics::histogram!("projector_apply_seconds")

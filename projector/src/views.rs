@@ -219,6 +219,8 @@ fn live(o: &ObservationView) -> bool {
 pub struct Doc {
     pub kind: &'static str,
     pub id: Uuid,
+    /// The study the document belongs to (its own id for a study).
+    pub study_id: Uuid,
     /// For a study, its code (the query API looks studies up by code).
     pub code: Option<String>,
     pub position: i64,
@@ -263,6 +265,7 @@ pub async fn store(
         docs.push(Doc {
             kind: "study",
             id: *id,
+            study_id: *id,
             code: Some(codes[i].clone()),
             position: positions[i],
             body: bodies[i].clone(),
@@ -308,6 +311,7 @@ pub async fn store(
         docs.push(Doc {
             kind: "subject",
             id: *id,
+            study_id: study_ids[i],
             code: None,
             position: positions[i],
             body: bodies[i].clone(),
@@ -349,6 +353,7 @@ pub async fn store(
         docs.push(Doc {
             kind: "observation",
             id: *id,
+            study_id: rows.study_ids[i],
             code: None,
             position: rows.positions[i],
             body: rows.bodies[i].clone(),
@@ -363,8 +368,8 @@ pub async fn store(
     Ok(docs)
 }
 
-/// `(kind, id, code, position, body)` of a stored document.
-type DocRow = (String, Uuid, Option<String>, i64, Vec<u8>);
+/// `(kind, id, study id, code, position, body)` of a stored document.
+type DocRow = (String, Uuid, Uuid, Option<String>, i64, Vec<u8>);
 
 /// Documents changed after the key `(position, id)`, in that order, for
 /// refilling Redis.
@@ -375,9 +380,9 @@ pub async fn changed_after(
     limit: i64,
 ) -> anyhow::Result<Vec<Doc>> {
     let rows: Vec<DocRow> = sqlx::query_as(
-        &format!("(SELECT 'study' AS kind, id, code, position, body FROM {schema}.studies WHERE (position, id) > ($1, $2)) \
-         UNION ALL (SELECT 'subject', id, NULL, position, body FROM {schema}.subjects WHERE (position, id) > ($1, $2)) \
-         UNION ALL (SELECT 'observation', id, NULL, position, body FROM {schema}.observations \
+        &format!("(SELECT 'study' AS kind, id, id, code, position, body FROM {schema}.studies WHERE (position, id) > ($1, $2)) \
+         UNION ALL (SELECT 'subject', id, study_id, NULL, position, body FROM {schema}.subjects WHERE (position, id) > ($1, $2)) \
+         UNION ALL (SELECT 'observation', id, study_id, NULL, position, body FROM {schema}.observations \
                     WHERE (position, id) > ($1, $2)) \
          ORDER BY position, id LIMIT $3"),
     )
@@ -389,13 +394,14 @@ pub async fn changed_after(
     .context("reading changed documents")?;
     Ok(rows
         .into_iter()
-        .map(|(kind, id, code, position, body)| Doc {
+        .map(|(kind, id, study_id, code, position, body)| Doc {
             kind: match kind.as_str() {
                 "study" => "study",
                 "subject" => "subject",
                 _ => "observation",
             },
             id,
+            study_id,
             code,
             position,
             body,

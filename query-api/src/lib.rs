@@ -1,40 +1,56 @@
-//! The query API. Built so far: the audit endpoints, which read the event
-//! store (from the read replica when one is configured) and stream
-//! CloudEvents NDJSON in constant memory, replay an observation as of a
-//! time, and verify the hash chain. The document reads of the contract are
-//! not built yet.
+//! The query API: precomputed documents from three tiers (process memory,
+//! Redis, the read replica), consistent with a `Consistency-Token` when one
+//! is given, and the audit endpoints over the event log.
+//!
+//! Layout:
+//! - [`http`]: routes and handlers of the document reads, health, metrics;
+//! - [`audit`]: the auditor's endpoints (event export, as-of replay, chain
+//!   verification);
+//! - [`documents`]: the tiered lookup with single flight;
+//! - [`cache`]: the in-process tier, bounded in bytes;
+//! - [`redis_tier`]: the Redis tier and the projector's announcements;
+//! - [`replica`]: every statement sent to the read replica;
+//! - [`freshness`]: the task that follows the replica's change feed;
+//! - [`pages`]: keyset cursors and page bodies;
+//! - [`encoding`]: content-coding negotiation and compression;
+//! - [`openapi`]: the OpenAPI 3.1 document;
+//! - [`config`], the settings.
 
-use std::collections::HashMap;
+pub mod audit;
+pub mod cache;
+pub mod config;
+pub mod documents;
+pub mod encoding;
+pub mod freshness;
+pub mod http;
+pub mod openapi;
+pub mod pages;
+pub mod redis_tier;
+pub mod replica;
+
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use serde_json::json;
-use shared::auth::{Authenticator, HasAuthenticator, Principal, Role};
-use shared::domain::{apply, AggregateState};
-use shared::envelope::StoredEvent;
-use shared::problem::Problem;
-use shared::projection::ObservationView;
-use shared::store::{event_from_row, EventStore, EVENT_COLUMNS};
-use shared::verify::Verifier;
-use sqlx::postgres::PgRow;
-use sqlx::PgPool;
-use uuid::Uuid;
+use anyhow::Context;
+use shared::auth::{Authenticator, HasAuthenticator};
+use shared::telemetry::PrometheusHandle;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::task::JoinHandle;
 
-/// Events read per page while streaming.
-const PAGE: i64 = 1000;
-/// Largest `limit` of one export.
-pub const MAX_EXPORT: i64 = 100_000_000;
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::documents::Documents;
+use crate::freshness::Freshness;
+use crate::redis_tier::RedisTier;
+use crate::replica::Replica;
 
 pub struct QueryState {
-    /// The read replica (or the primary when none is configured).
-    pub pool: PgPool,
+    pub docs: Documents,
+    pub freshness: Arc<Freshness>,
     pub auth: Authenticator,
+    pub consistency_timeout: Duration,
+    pub request_timeout: Duration,
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl HasAuthenticator for QueryState {
@@ -43,258 +59,73 @@ impl HasAuthenticator for QueryState {
     }
 }
 
-type Shared = Arc<QueryState>;
-
-pub fn router(state: Shared) -> Router {
-    Router::new()
-        .route("/v1/audit/events", get(events))
-        .route("/v1/audit/streams/{id}/events", get(stream_events))
-        .route("/v1/audit/observations/{id}", get(observation_as_of))
-        .route("/v1/audit/head", get(head))
-        .route("/v1/audit/verify", get(verify))
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .fallback(|| async { Problem::not_found("no such endpoint") })
-        .with_state(state)
+/// The state and the background tasks (the change-feed poller and the Redis
+/// tier), stopped when this is dropped.
+pub struct App {
+    pub state: Arc<QueryState>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
-async fn readyz(State(state): State<Shared>) -> Response {
-    match sqlx::query("SELECT 1").execute(&state.pool).await {
-        Ok(_) => (StatusCode::OK, "ready").into_response(),
-        Err(_) => {
-            Problem::unavailable("the event store (replica) cannot be reached").into_response()
-        }
-    }
-}
-
-fn auditor(principal: Result<Principal, Problem>) -> Result<Principal, Problem> {
-    let p = principal?;
-    p.require(Role::Auditor)?;
-    Ok(p)
-}
-
-fn int_param(
-    params: &HashMap<String, String>,
-    name: &str,
-    default: i64,
-    min: i64,
-    max: i64,
-) -> Result<i64, Problem> {
-    match params.get(name) {
-        None => Ok(default),
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|v| (min..=max).contains(v))
-            .ok_or_else(|| {
-                Problem::bad_request(format!("{name} must be an integer from {min} to {max}"))
-            }),
-    }
-}
-
-fn internal(error: impl std::fmt::Display) -> Problem {
-    let correlation_id = Uuid::now_v7().to_string();
-    tracing::error!(correlation_id, %error, "audit read failed");
-    Problem::internal(&correlation_id)
-}
-
-/// NDJSON of `pages`, one page in memory at a time.
-fn ndjson<S>(pages: S) -> Response
-where
-    S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
-{
-    (
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(pages),
-    )
-        .into_response()
-}
-
-fn lines(events: &[StoredEvent]) -> Bytes {
-    let mut out = String::new();
-    for e in events {
-        out.push_str(&e.to_cloud_event());
-        out.push('\n');
-    }
-    Bytes::from(out)
-}
-
-/// `GET /v1/audit/events?after=&limit=`: the log in global order.
-async fn events(
-    State(state): State<Shared>,
-    principal: Result<Principal, Problem>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, Problem> {
-    auditor(principal)?;
-    let after = int_param(&params, "after", 0, 0, i64::MAX)?;
-    let limit = int_param(&params, "limit", 1000, 1, MAX_EXPORT)?;
-    let pool = state.pool.clone();
-    let pages = futures::stream::unfold((after, limit), move |(after, left)| {
-        let pool = pool.clone();
-        async move {
-            if left <= 0 {
-                return None;
-            }
-            match EventStore::read_after(&pool, after, PAGE.min(left)).await {
-                Ok(page) if page.is_empty() => None,
-                Ok(page) => {
-                    let last = page.last().map_or(after, |e| e.position);
-                    Some((Ok(lines(&page)), (last, left - page.len() as i64)))
-                }
-                Err(e) => Some((Err(std::io::Error::other(e)), (after, 0))),
-            }
-        }
-    });
-    Ok(ndjson(pages))
-}
-
-/// `GET /v1/audit/streams/{id}/events`: one aggregate's events in order.
-async fn stream_events(
-    State(state): State<Shared>,
-    principal: Result<Principal, Problem>,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
-    auditor(principal)?;
-    let id = Uuid::parse_str(&id)
-        .map_err(|_| Problem::bad_request("the id in the path is not a UUID"))?;
-    let pool = state.pool.clone();
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 AND stream_version > $2 \
-         ORDER BY stream_version LIMIT $3"
-    );
-    let pages = futures::stream::unfold(0i64, move |version| {
-        let (pool, sql) = (pool.clone(), sql.clone());
-        async move {
-            let page = sqlx::query(&sql)
-                .bind(id)
-                .bind(version)
-                .bind(PAGE)
-                .try_map(|row: PgRow| event_from_row(&row))
-                .fetch_all(&pool)
-                .await;
-            match page {
-                Ok(page) if page.is_empty() => None,
-                Ok(page) => {
-                    let last = page.last().map_or(version, |e| e.stream_version);
-                    Some((Ok(lines(&page)), last))
-                }
-                Err(e) => Some((Err(std::io::Error::other(e)), i64::MAX)),
-            }
-        }
-    });
-    Ok(ndjson(pages))
-}
-
-/// `GET /v1/audit/observations/{id}?as_of=`: the observation replayed from
-/// its events recorded at or before `as_of` (now when absent).
-async fn observation_as_of(
-    State(state): State<Shared>,
-    principal: Result<Principal, Problem>,
-    Path(id): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, Problem> {
-    auditor(principal)?;
-    let id = Uuid::parse_str(&id)
-        .map_err(|_| Problem::bad_request("the id in the path is not a UUID"))?;
-    let as_of = match params.get("as_of") {
-        None => Utc::now(),
-        Some(raw) => DateTime::parse_from_rfc3339(raw)
-            .map_err(|_| Problem::bad_request("as_of must be an RFC 3339 time"))?
-            .with_timezone(&Utc),
-    };
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 AND recorded_at <= $2 ORDER BY stream_version"
-    );
-    let events = sqlx::query(&sql)
-        .bind(id)
-        .bind(as_of)
-        .try_map(|row: PgRow| event_from_row(&row))
-        .fetch_all(&state.pool)
-        .await
-        .map_err(internal)?;
-    let mut observation = None;
-    for e in &events {
-        let event = e.domain_event().map_err(internal)?;
-        observation = Some(apply(observation, &event, &e.meta()).map_err(internal)?);
-    }
-    match (observation, events.last()) {
-        (Some(AggregateState::Observation(o)), Some(last)) => {
-            let body = ObservationView {
-                state: o,
-                position: last.position,
-            }
-            .document();
-            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
-        }
-        _ => Err(Problem::not_found(format!(
-            "no observation {id} was recorded by {}",
-            as_of.to_rfc3339()
-        ))),
-    }
-}
-
-/// `GET /v1/audit/head`: the newest event's position and hash, to pin.
-async fn head(
-    State(state): State<Shared>,
-    principal: Result<Principal, Problem>,
-) -> Result<Response, Problem> {
-    auditor(principal)?;
-    let row: Option<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
-            .fetch_optional(&state.pool)
-            .await
-            .map_err(internal)?;
-    let (position, hash) = row.unwrap_or((0, vec![0; 32]));
-    Ok(Json(json!({"position": position, "hash": hex::encode(hash)})).into_response())
-}
-
-/// `GET /v1/audit/verify?from=&to=`: the hash chain over an inclusive range.
-async fn verify(
-    State(state): State<Shared>,
-    principal: Result<Principal, Problem>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, Problem> {
-    auditor(principal)?;
-    let from = int_param(&params, "from", 1, 1, i64::MAX)?;
-    let to = int_param(&params, "to", i64::MAX, 1, i64::MAX)?;
-    if to < from {
-        return Err(Problem::bad_request("to must not be below from"));
-    }
-    let mut verifier = if from == 1 {
-        Verifier::new(None)
-    } else {
-        let prev: Option<(Vec<u8>,)> =
-            sqlx::query_as("SELECT hash FROM events WHERE position = $1")
-                .bind(from - 1)
-                .fetch_optional(&state.pool)
-                .await
-                .map_err(internal)?;
-        let hash = prev
-            .and_then(|(h,)| h.try_into().ok())
-            .ok_or_else(|| Problem::bad_request(format!("the log has no position {}", from - 1)))?;
-        Verifier::starting_after(from - 1, hash)
-    };
-    let mut after = from - 1;
-    let mut failure = None;
-    'pages: while after < to {
-        let page = EventStore::read_after(&state.pool, after, PAGE.min(to - after))
-            .await
-            .map_err(internal)?;
-        let Some(last) = page.last().map(|e| e.position) else {
-            break;
+impl App {
+    /// Builds the state and starts the background tasks. The replica is
+    /// connected to lazily: the service starts (and says it is not ready)
+    /// while the replica is down.
+    pub async fn start(config: &Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Self> {
+        let options: PgConnectOptions = config
+            .read_url()
+            .parse()
+            .context("parsing the replica's URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.db_pool)
+            .acquire_timeout(Duration::from_secs(1))
+            .connect_lazy_with(options.application_name("query-api"));
+        let replica = Arc::new(Replica::new(pool));
+        let cache = Arc::new(Cache::new(config.cache_bytes));
+        let freshness = Arc::new(Freshness::new(
+            cache.clone(),
+            replica.clone(),
+            config.poll_interval,
+        ));
+        let mut tasks = Vec::new();
+        let redis = if config.redis_url.is_empty() {
+            None
+        } else {
+            let tier = RedisTier::new(&config.redis_url, config.redis_prefix.clone())
+                .context("configuring Redis")?;
+            tasks.push(tokio::spawn(tier.clone().run(freshness.clone())));
+            Some(tier)
         };
-        for e in &page {
-            if let Err(f) = verifier.check(e) {
-                failure = Some(f);
-                break 'pages;
-            }
+        // The first poll settles the freshness mark; without it nothing is
+        // admitted to memory. A replica that does not answer yet is polled
+        // again by the task.
+        if let Err(error) = freshness.poll().await {
+            tracing::warn!(%error, "the read replica does not answer yet");
         }
-        after = last;
+        tasks.push(tokio::spawn(freshness.clone().run()));
+        let state = Arc::new(QueryState {
+            docs: Documents::new(cache, redis, replica),
+            freshness,
+            auth: Authenticator::new(
+                config.jwt_secret.as_bytes(),
+                config.jwt_issuer.as_deref(),
+                config.jwt_audience.as_deref(),
+            ),
+            consistency_timeout: config.consistency_timeout,
+            request_timeout: config.request_timeout,
+            metrics,
+        });
+        Ok(Self { state, tasks })
     }
-    let body = match failure {
-        None => json!({"verified": true, "checked": verifier.checked()}),
-        Some(f) => json!({"verified": false, "checked": verifier.checked(),
-                          "first_bad_position": f.position, "reason": f.reason}),
-    };
-    Ok(Json(body).into_response())
+
+    pub fn router(&self) -> axum::Router {
+        http::router(self.state.clone())
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }

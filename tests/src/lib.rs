@@ -233,6 +233,90 @@ impl CommandApi {
     }
 }
 
+/// The replica of a test database: the hot standby (`TEST_REPLICA_PORT`,
+/// 5433 by default) replays every database of the primary.
+pub fn replica_url(db: &TestDb) -> String {
+    let port = std::env::var("TEST_REPLICA_PORT").unwrap_or_else(|_| "5433".to_owned());
+    let url = url::Url::parse(&db.url).expect("a database URL");
+    let mut replica = url.clone();
+    replica
+        .set_port(port.parse().ok())
+        .expect("a URL that takes a port");
+    replica.to_string()
+}
+
+/// Settings of a query API reading `read_url`, with Redis under `prefix`
+/// (no Redis when `redis_url` is empty).
+pub fn query_config(read_url: &str, redis_url: &str, prefix: &str) -> query_api::config::Config {
+    query_api::config::Config {
+        addr: "127.0.0.1:0".parse().expect("a literal address"),
+        replica_database_url: read_url.to_owned(),
+        database_url: String::new(),
+        db_pool: 8,
+        redis_url: redis_url.to_owned(),
+        redis_prefix: prefix.to_owned(),
+        cache_bytes: 16 * 1024 * 1024,
+        consistency_timeout: Duration::from_secs(2),
+        poll_interval: Duration::from_millis(100),
+        request_timeout: Duration::from_secs(10),
+        jwt_secret: SECRET.to_owned(),
+        jwt_issuer: None,
+        jwt_audience: None,
+    }
+}
+
+/// A query API serving on an ephemeral port inside the test process.
+pub struct QueryApi {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub app: query_api::App,
+    task: JoinHandle<()>,
+}
+
+impl QueryApi {
+    pub async fn spawn(config: &query_api::config::Config) -> Self {
+        let app = query_api::App::start(config, None)
+            .await
+            .expect("starting the query API");
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .expect("binding port 0");
+        let addr = listener.local_addr().expect("a bound address");
+        let router = app.router();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self {
+            addr,
+            http: reqwest::Client::new(),
+            app,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Answer {
+        self.get_with(path, token, &[]).await
+    }
+
+    pub async fn get_with(&self, path: &str, token: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut request = self.http.get(self.url(path)).bearer_auth(token);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        Answer::from(request.send().await.expect("the query API answers")).await
+    }
+}
+
+impl Drop for QueryApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A response read whole.
 #[derive(Debug)]
 pub struct Answer {

@@ -1,49 +1,34 @@
 //! The audit endpoints of the query API over a real log.
 
-use std::sync::Arc;
-
-use query_api::QueryState;
 use serde_json::Value;
-use shared::auth::{Authenticator, Role};
+use shared::auth::Role;
 use shared::envelope::StoredEvent;
 use shared::store::EventStore;
-use tests::{token, SECRET};
+use tests::{query_config, token, QueryApi};
 use uuid::Uuid;
 
 use crate::audit::{log, tamper};
 use crate::env::Env;
 
 struct Audit {
-    base: String,
-    http: reqwest::Client,
+    api: QueryApi,
     token: String,
 }
 
 impl Audit {
     async fn start(env: &Env) -> Self {
-        let state = Arc::new(QueryState {
-            pool: env.db.pool().await,
-            auth: Authenticator::new(SECRET.as_bytes(), None, None),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, query_api::router(state)).await });
         Self {
-            base,
-            http: reqwest::Client::new(),
+            api: QueryApi::spawn(&query_config(&env.db.url, "", "")).await,
             token: token("audrey", &[Role::Auditor]),
         }
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        let answer = self.api.get(path, &self.token).await;
+        (
+            answer.status,
+            String::from_utf8_lossy(&answer.bytes).into_owned(),
+        )
     }
 }
 
@@ -150,22 +135,16 @@ async fn only_auditors_may_read_the_audit_trail() {
     let env = Env::start().await;
     let audit = Audit::start(&env).await;
     let writer = token("alice", &[Role::Writer]);
+    audit.api.get("/v1/audit/head", &writer).await.problem(403);
     let r = audit
+        .api
         .http
-        .get(format!("{}/v1/audit/head", audit.base))
-        .bearer_auth(writer)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let r = audit
-        .http
-        .get(format!("{}/v1/audit/head", audit.base))
+        .get(audit.api.url("/v1/audit/head"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
 }
 
 /// What an observation looked like after `events` (all of its own, in

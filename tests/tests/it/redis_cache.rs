@@ -39,6 +39,7 @@ fn doc(id: Uuid, position: i64, body: &str) -> Doc {
     Doc {
         kind: "observation",
         id,
+        study_id: Uuid::nil(),
         code: None,
         position,
         body: body.as_bytes().to_vec(),

@@ -1,0 +1,304 @@
+//! The auditor's endpoints: the event log as CloudEvents NDJSON streamed
+//! page by page in constant memory, one aggregate's events, an observation
+//! replayed as of a time, the head to pin, and verification of the hash
+//! chain over a range. They read the event store on the replica.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use shared::auth::{Principal, Role};
+use shared::domain::{apply, AggregateState};
+use shared::envelope::StoredEvent;
+use shared::problem::Problem;
+use shared::projection::ObservationView;
+use shared::store::{event_from_row, EventStore, EVENT_COLUMNS};
+use shared::verify::Verifier;
+use sqlx::postgres::PgRow;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::QueryState;
+
+/// Events read per page while streaming.
+const PAGE: i64 = 1000;
+/// Largest `limit` of one export.
+pub const MAX_EXPORT: i64 = 100_000_000;
+
+type Shared = Arc<QueryState>;
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route(
+            "/v1/audit/events",
+            get(events).layer(crate::http::streaming_compression()),
+        )
+        .route(
+            "/v1/audit/streams/{id}/events",
+            get(stream_events).layer(crate::http::streaming_compression()),
+        )
+        .route("/v1/audit/observations/{id}", get(observation_as_of))
+        .route("/v1/audit/head", get(head))
+        .route("/v1/audit/verify", get(verify))
+}
+
+fn auditor(principal: Result<Principal, Problem>) -> Result<Principal, Problem> {
+    crate::http::require(principal, Role::Auditor)
+}
+
+fn pool(state: &QueryState) -> &PgPool {
+    state.docs.replica.pool()
+}
+
+fn int_param(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, Problem> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|v| (min..=max).contains(v))
+            .ok_or_else(|| {
+                Problem::bad_request(format!("{name} must be an integer from {min} to {max}"))
+            }),
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> Problem {
+    let correlation_id = Uuid::now_v7().to_string();
+    tracing::error!(correlation_id, %error, "audit read failed");
+    Problem::internal(&correlation_id)
+}
+
+/// NDJSON of `pages`, one page in memory at a time.
+fn ndjson<S>(pages: S) -> Response
+where
+    S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(pages),
+    )
+        .into_response()
+}
+
+fn lines(events: &[StoredEvent]) -> Bytes {
+    let mut out = String::new();
+    for e in events {
+        out.push_str(&e.to_cloud_event());
+        out.push('\n');
+    }
+    Bytes::from(out)
+}
+
+/// The log in global order, CloudEvents 1.0 JSON a line, streamed.
+#[utoipa::path(get, path = "/v1/audit/events",
+    params(("after" = Option<i64>, Query, description = "position to start after (0)"),
+           ("limit" = Option<i64>, Query, description = "most events (1000; up to 100 000 000)")),
+    responses((status = 200, description = "NDJSON", content_type = "application/x-ndjson")),
+    security(("bearer" = [])))]
+pub async fn events(
+    State(state): State<Shared>,
+    principal: Result<Principal, Problem>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    auditor(principal)?;
+    let after = int_param(&params, "after", 0, 0, i64::MAX)?;
+    let limit = int_param(&params, "limit", 1000, 1, MAX_EXPORT)?;
+    let pool = pool(&state).clone();
+    let pages = futures::stream::unfold((after, limit), move |(after, left)| {
+        let pool = pool.clone();
+        async move {
+            if left <= 0 {
+                return None;
+            }
+            match EventStore::read_after(&pool, after, PAGE.min(left)).await {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let last = page.last().map_or(after, |e| e.position);
+                    Some((Ok(lines(&page)), (last, left - page.len() as i64)))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e)), (after, 0))),
+            }
+        }
+    });
+    Ok(ndjson(pages))
+}
+
+/// One aggregate's events in order, as NDJSON.
+#[utoipa::path(get, path = "/v1/audit/streams/{id}/events", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "NDJSON", content_type = "application/x-ndjson")),
+    security(("bearer" = [])))]
+pub async fn stream_events(
+    State(state): State<Shared>,
+    principal: Result<Principal, Problem>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    auditor(principal)?;
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| Problem::bad_request("the id in the path is not a UUID"))?;
+    let pool = pool(&state).clone();
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 AND stream_version > $2 \
+         ORDER BY stream_version LIMIT $3"
+    );
+    let pages = futures::stream::unfold(0i64, move |version| {
+        let (pool, sql) = (pool.clone(), sql.clone());
+        async move {
+            let page = sqlx::query(&sql)
+                .bind(id)
+                .bind(version)
+                .bind(PAGE)
+                .try_map(|row: PgRow| event_from_row(&row))
+                .fetch_all(&pool)
+                .await;
+            match page {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let last = page.last().map_or(version, |e| e.stream_version);
+                    Some((Ok(lines(&page)), last))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e)), i64::MAX)),
+            }
+        }
+    });
+    Ok(ndjson(pages))
+}
+
+/// The observation replayed from its events recorded at or before `as_of`
+/// (now when absent).
+#[utoipa::path(get, path = "/v1/audit/observations/{id}",
+    params(("id" = Uuid, Path), ("as_of" = Option<String>, Query, description = "RFC 3339 time")),
+    responses((status = 200, description = "the observation document", content_type = "application/json"),
+              (status = 404, description = "not recorded by then", body = shared::api_doc::ProblemDoc)),
+    security(("bearer" = [])))]
+pub async fn observation_as_of(
+    State(state): State<Shared>,
+    principal: Result<Principal, Problem>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    auditor(principal)?;
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| Problem::bad_request("the id in the path is not a UUID"))?;
+    let as_of = match params.get("as_of") {
+        None => Utc::now(),
+        Some(raw) => DateTime::parse_from_rfc3339(raw)
+            .map_err(|_| Problem::bad_request("as_of must be an RFC 3339 time"))?
+            .with_timezone(&Utc),
+    };
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 AND recorded_at <= $2 ORDER BY stream_version"
+    );
+    let events = sqlx::query(&sql)
+        .bind(id)
+        .bind(as_of)
+        .try_map(|row: PgRow| event_from_row(&row))
+        .fetch_all(pool(&state))
+        .await
+        .map_err(internal)?;
+    let mut observation = None;
+    for e in &events {
+        let event = e.domain_event().map_err(internal)?;
+        observation = Some(apply(observation, &event, &e.meta()).map_err(internal)?);
+    }
+    match (observation, events.last()) {
+        (Some(AggregateState::Observation(o)), Some(last)) => {
+            let body = ObservationView {
+                state: o,
+                position: last.position,
+            }
+            .document();
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        _ => Err(Problem::not_found(format!(
+            "no observation {id} was recorded by {}",
+            as_of.to_rfc3339()
+        ))),
+    }
+}
+
+/// The newest event's position and hash, to pin.
+#[utoipa::path(get, path = "/v1/audit/head",
+    responses((status = 200, description = "`{position, hash}`", content_type = "application/json")),
+    security(("bearer" = [])))]
+pub async fn head(
+    State(state): State<Shared>,
+    principal: Result<Principal, Problem>,
+) -> Result<Response, Problem> {
+    auditor(principal)?;
+    let row: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+            .fetch_optional(pool(&state))
+            .await
+            .map_err(internal)?;
+    let (position, hash) = row.unwrap_or((0, vec![0; 32]));
+    Ok(Json(json!({"position": position, "hash": hex::encode(hash)})).into_response())
+}
+
+/// Recomputes the hash chain over an inclusive range of positions.
+#[utoipa::path(get, path = "/v1/audit/verify",
+    params(("from" = Option<i64>, Query), ("to" = Option<i64>, Query)),
+    responses((status = 200, description = "`{verified, checked, first_bad_position?, reason?}`", content_type = "application/json")),
+    security(("bearer" = [])))]
+pub async fn verify(
+    State(state): State<Shared>,
+    principal: Result<Principal, Problem>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    auditor(principal)?;
+    let from = int_param(&params, "from", 1, 1, i64::MAX)?;
+    let to = int_param(&params, "to", i64::MAX, 1, i64::MAX)?;
+    if to < from {
+        return Err(Problem::bad_request("to must not be below from"));
+    }
+    let mut verifier = if from == 1 {
+        Verifier::new(None)
+    } else {
+        let prev: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT hash FROM events WHERE position = $1")
+                .bind(from - 1)
+                .fetch_optional(pool(&state))
+                .await
+                .map_err(internal)?;
+        let hash = prev
+            .and_then(|(h,)| h.try_into().ok())
+            .ok_or_else(|| Problem::bad_request(format!("the log has no position {}", from - 1)))?;
+        Verifier::starting_after(from - 1, hash)
+    };
+    let mut after = from - 1;
+    let mut failure = None;
+    'pages: while after < to {
+        let page = EventStore::read_after(pool(&state), after, PAGE.min(to - after))
+            .await
+            .map_err(internal)?;
+        let Some(last) = page.last().map(|e| e.position) else {
+            break;
+        };
+        for e in &page {
+            if let Err(f) = verifier.check(e) {
+                failure = Some(f);
+                break 'pages;
+            }
+        }
+        after = last;
+    }
+    let body = match failure {
+        None => json!({"verified": true, "checked": verifier.checked()}),
+        Some(f) => json!({"verified": false, "checked": verifier.checked(),
+                          "first_bad_position": f.position, "reason": f.reason}),
+    };
+    Ok(Json(body).into_response())
+}

@@ -1,0 +1,87 @@
+//! The query API's configuration, read from flags or the environment (every
+//! variable is listed with its default in `.env.example`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use shared::config::parse_duration;
+
+/// Serves the read models (from memory, Redis and the read replica) and the
+/// audit endpoints over the event log.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "query-api", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "QUERY_API_ADDR", default_value = "127.0.0.1:8082")]
+    pub addr: SocketAddr,
+
+    /// The read replica (a hot standby of the primary); empty means read the
+    /// primary.
+    #[arg(
+        long,
+        env = "REPLICA_DATABASE_URL",
+        default_value = "postgres://research:research@127.0.0.1:5433/research"
+    )]
+    pub replica_database_url: String,
+
+    /// The primary, read only when no replica is configured.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://research:research@127.0.0.1:5432/research"
+    )]
+    pub database_url: String,
+
+    /// Connections to the replica.
+    #[arg(long, env = "QUERY_API_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+
+    /// Redis the projector warms; empty means no Redis tier.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix of the projector's Redis keys and channel.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "research")]
+    pub redis_prefix: String,
+
+    /// Bytes of documents kept in process memory.
+    #[arg(long, env = "QUERY_API_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub cache_bytes: usize,
+
+    /// Longest wait for a `Consistency-Token` position before a 503.
+    #[arg(long, env = "QUERY_API_CONSISTENCY_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub consistency_timeout: Duration,
+
+    /// Interval of the replica's change-feed poll when nobody waits (it
+    /// polls every few milliseconds while a wanted position is not there).
+    #[arg(long, env = "QUERY_API_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Longest time a request may take before it is answered 503.
+    #[arg(long, env = "QUERY_API_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Secret of the HS256 bearer tokens (shared by all services).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+impl Config {
+    /// The database reads go to.
+    pub fn read_url(&self) -> &str {
+        if self.replica_database_url.is_empty() {
+            &self.database_url
+        } else {
+            &self.replica_database_url
+        }
+    }
+}

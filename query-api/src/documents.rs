@@ -1,0 +1,188 @@
+//! Finding a document: memory, then Redis, then the replica, with one load
+//! per key however many requests miss it at once (single flight). Whatever
+//! is served is current as of the cache's freshness mark F at least, so no
+//! answer is older than one this process gave before; a Redis document is
+//! only taken when Redis's `through` mark has reached F.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+
+use crate::cache::{Cache, Found, Key, Kind};
+use crate::redis_tier::RedisTier;
+use crate::replica::{Loaded, Replica};
+
+/// Why a load failed; shared by every request of a flight.
+#[derive(Debug, Clone)]
+pub enum LoadError {
+    /// The replica could not be reached in time.
+    Unavailable,
+    /// Anything else, logged with this correlation id.
+    Internal(String),
+}
+
+impl From<sqlx::Error> for LoadError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::warn!(%error, "the read replica cannot be reached");
+                LoadError::Unavailable
+            }
+            other => {
+                let correlation_id = uuid::Uuid::now_v7().to_string();
+                tracing::error!(correlation_id, error = %other, "reading the replica failed");
+                LoadError::Internal(correlation_id)
+            }
+        }
+    }
+}
+
+type Flight = Arc<OnceCell<Result<Loaded, LoadError>>>;
+
+pub struct Documents {
+    pub cache: Arc<Cache>,
+    pub redis: Option<Arc<RedisTier>>,
+    pub replica: Arc<Replica>,
+    flights: Mutex<HashMap<Key, Flight>>,
+}
+
+/// Which tier answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Memory,
+    Redis,
+    Replica,
+}
+
+impl Documents {
+    pub fn new(cache: Arc<Cache>, redis: Option<Arc<RedisTier>>, replica: Arc<Replica>) -> Self {
+        Self {
+            cache,
+            redis,
+            replica,
+            flights: Mutex::default(),
+        }
+    }
+
+    /// The document under `key`, current as of position `min` at least (the
+    /// caller has waited until F reached it; -1 when anything goes).
+    pub async fn get(&self, key: &Key, min: i64) -> Result<(Found, Tier), LoadError> {
+        if let Some(found) = self.cache.get(key) {
+            hit("memory");
+            return Ok((found, Tier::Memory));
+        }
+        miss("memory");
+        let (loaded, tier) = self.flight(key).await?;
+        if loaded.current_as_of >= min {
+            return Ok((loaded.found, tier));
+        }
+        // Joined a flight that started before the wanted position was
+        // visible: read again, from the replica, which has reached it.
+        let loaded = self.read_replica(key).await?;
+        Ok((loaded.found, Tier::Replica))
+    }
+
+    async fn flight(&self, key: &Key) -> Result<(Loaded, Tier), LoadError> {
+        let cell = self
+            .flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let mut tier = Tier::Memory;
+        let result = cell
+            .get_or_init(|| async {
+                let (loaded, from) = self.load(key).await?;
+                tier = from;
+                Ok(loaded)
+            })
+            .await
+            .clone();
+        {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            if flights.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                flights.remove(key);
+            }
+        }
+        // Requests that joined the flight were answered from memory, in
+        // effect: they cost no load.
+        result.map(|loaded| (loaded, tier))
+    }
+
+    async fn load(&self, key: &Key) -> Result<(Loaded, Tier), LoadError> {
+        if let Some(loaded) = self.read_redis(key).await {
+            return Ok((loaded, Tier::Redis));
+        }
+        Ok((self.read_replica(key).await?, Tier::Replica))
+    }
+
+    async fn read_redis(&self, key: &Key) -> Option<Loaded> {
+        let redis = self.redis.as_ref()?;
+        let fresh = self.cache.fresh_through();
+        let id = match key {
+            Key::Doc(_, id) => *id,
+            Key::Code(code) => match redis.study_by_code(code).await {
+                Some(id) => id,
+                None => {
+                    miss("redis");
+                    return None;
+                }
+            },
+        };
+        let kind = match key {
+            Key::Doc(kind, _) => *kind,
+            Key::Code(_) => Kind::Study,
+        };
+        let held = redis.get(kind, id).await?;
+        match held.doc {
+            Some(doc) if held.through >= fresh && fresh >= 0 => {
+                hit("redis");
+                let found = Found::Doc(doc);
+                if let Key::Code(_) = key {
+                    self.cache
+                        .admit(Key::Doc(Kind::Study, id), found.clone(), held.through);
+                }
+                self.cache.admit(key.clone(), found.clone(), held.through);
+                Some(Loaded {
+                    found,
+                    current_as_of: held.through,
+                })
+            }
+            Some(_) => {
+                // Redis has not caught up with what this process has seen.
+                metrics::counter!("query_cache_lookups_total", "tier" => "redis", "result" => "behind")
+                    .increment(1);
+                None
+            }
+            None => {
+                miss("redis");
+                None
+            }
+        }
+    }
+
+    async fn read_replica(&self, key: &Key) -> Result<Loaded, LoadError> {
+        let loaded = self.replica.load(key).await?;
+        hit("replica");
+        if let (Key::Code(_), Found::Doc(doc)) = (key, &loaded.found) {
+            self.cache.admit(
+                Key::Doc(Kind::Study, doc.id),
+                loaded.found.clone(),
+                loaded.current_as_of,
+            );
+        }
+        self.cache
+            .admit(key.clone(), loaded.found.clone(), loaded.current_as_of);
+        Ok(loaded)
+    }
+}
+
+fn hit(tier: &'static str) {
+    metrics::counter!("query_cache_lookups_total", "tier" => tier, "result" => "hit").increment(1);
+}
+
+fn miss(tier: &'static str) {
+    metrics::counter!("query_cache_lookups_total", "tier" => tier, "result" => "miss").increment(1);
+}

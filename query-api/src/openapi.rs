@@ -1,0 +1,42 @@
+//! The OpenAPI 3.1 document of the query API, generated from the handlers'
+//! `utoipa::path` attributes, served at `/openapi.json`.
+
+use shared::api_doc::{BearerAuth, ProblemDoc};
+use utoipa::OpenApi;
+
+use crate::{audit, http};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Research records: query API",
+        description = "Precomputed documents of studies, subjects and observations, pages and \
+                       exports (reader role), and the audit of the event log (auditor role). \
+                       Errors are RFC 9457 problems."
+    ),
+    paths(
+        http::list_studies,
+        http::study,
+        http::study_by_code,
+        http::list_subjects,
+        http::export_study,
+        http::subject,
+        http::list_observations,
+        http::observation,
+        audit::events,
+        audit::stream_events,
+        audit::observation_as_of,
+        audit::head,
+        audit::verify
+    ),
+    components(schemas(ProblemDoc)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_json()
+        .unwrap_or_else(|_| "{}".to_owned())
+}

@@ -1,0 +1,353 @@
+//! The read tables on the read replica: every read a request makes is one
+//! statement, which also returns the replica's projection checkpoint so that
+//! the answer says how current it is. The change feed (what changed after a
+//! position) is read by the freshness task alone.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::cache::{Change, Doc, Found, Key, Kind};
+
+/// A document as read, with the checkpoint it is current as of.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub found: Found,
+    pub current_as_of: i64,
+}
+
+/// `(checkpoint, id, study id, position, body)`; the document's columns
+/// are null when there is no such document.
+type DocRow = (
+    i64,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<i64>,
+    Option<Vec<u8>>,
+);
+
+fn doc_sql(key: &Key) -> &'static str {
+    match key {
+        Key::Doc(Kind::Study, _) => concat!(
+            "SELECT c.position, d.id, d.id, d.position, d.body FROM read_model.checkpoint c ",
+            "LEFT JOIN read_model.studies d ON d.id = $1"
+        ),
+        Key::Doc(Kind::Subject, _) => concat!(
+            "SELECT c.position, d.id, d.study_id, d.position, d.body FROM read_model.checkpoint c ",
+            "LEFT JOIN read_model.subjects d ON d.id = $1"
+        ),
+        Key::Doc(Kind::Observation, _) => concat!(
+            "SELECT c.position, d.id, d.study_id, d.position, d.body FROM read_model.checkpoint c ",
+            "LEFT JOIN read_model.observations d ON d.id = $1"
+        ),
+        Key::Code(_) => concat!(
+            "SELECT c.position, d.id, d.id, d.position, d.body FROM read_model.checkpoint c ",
+            "LEFT JOIN read_model.studies d ON d.code = $1"
+        ),
+    }
+}
+
+/// `(checkpoint, the parent's study, sort key, id, body)`; the row's
+/// columns are null when the page is empty.
+type PageRow<K> = (i64, Option<Uuid>, Option<K>, Option<Uuid>, Option<Vec<u8>>);
+
+/// One page of a listing: the checkpoint, whether the parent exists (and
+/// its study), and up to `limit + 1` rows `(sort key, id, body)`.
+#[derive(Debug)]
+pub struct Page {
+    pub current_as_of: i64,
+    /// The study the listing belongs to; `None` when its parent does not
+    /// exist (always `Some(nil)` for the list of studies).
+    pub study_id: Option<Uuid>,
+    pub rows: Vec<(SortKey, Uuid, Bytes)>,
+}
+
+/// What a listing is ordered by, after the id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortKey {
+    Code(String),
+    Label(String),
+    ObservedAt(DateTime<Utc>),
+}
+
+/// The three listings of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    Studies,
+    SubjectsOfStudy(Uuid),
+    ObservationsOfSubject(Uuid),
+}
+
+pub struct Replica {
+    pool: PgPool,
+}
+
+/// What one poll of the change feed saw.
+#[derive(Debug)]
+pub struct Poll {
+    pub checkpoint: i64,
+    /// Seconds the replica's replay is behind the primary (0 on the primary).
+    pub lag_seconds: f64,
+    /// `None` when more changed than a poll reads (the cache must be reset).
+    pub changes: Option<Vec<Change>>,
+}
+
+/// `(kind, id, code, position, lag)`: the first row is the checkpoint with
+/// the replay lag, the others the documents changed.
+type FeedRow = (String, Option<Uuid>, Option<String>, i64, Option<f64>);
+
+/// Most changes one poll applies one by one.
+const MAX_CHANGES: i64 = 50_000;
+
+impl Replica {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The document under `key`, in one statement.
+    pub async fn load(&self, key: &Key) -> sqlx::Result<Loaded> {
+        let query = sqlx::query_as::<_, DocRow>(doc_sql(key));
+        let query = match key {
+            Key::Doc(_, id) => query.bind(*id),
+            Key::Code(code) => query.bind(code.as_str()),
+        };
+        let (checkpoint, id, study_id, position, body) = query.fetch_one(&self.pool).await?;
+        count_statement();
+        let found = match (id, study_id, position, body) {
+            (Some(id), Some(study_id), Some(position), Some(body)) => Found::Doc(Arc::new(
+                Doc::new(id, study_id, position, Bytes::from(body)),
+            )),
+            _ => Found::Absent,
+        };
+        Ok(Loaded {
+            found,
+            current_as_of: checkpoint,
+        })
+    }
+
+    /// One page of `listing` after `after` (the last row of the previous
+    /// page), in one statement; studies limited to `studies` when given.
+    pub async fn page(
+        &self,
+        listing: Listing,
+        after: Option<(SortKey, Uuid)>,
+        limit: i64,
+        studies: Option<&[Uuid]>,
+    ) -> sqlx::Result<Page> {
+        let after_id = after.as_ref().map_or(Uuid::nil(), |(_, id)| *id);
+        let fetch = limit + 1;
+        let page = match listing {
+            Listing::Studies => {
+                let code = match &after {
+                    Some((SortKey::Code(code), _)) => code.clone(),
+                    _ => String::new(),
+                };
+                let rows: Vec<PageRow<String>> =
+                    sqlx::query_as(
+                        "SELECT c.position, NULL::uuid, p.code, p.id, p.body FROM read_model.checkpoint c \
+                         LEFT JOIN LATERAL (SELECT code, id, body FROM read_model.studies \
+                           WHERE code > $1 AND ($3::uuid[] IS NULL OR id = ANY($3)) \
+                           ORDER BY code LIMIT $2) p ON true",
+                    )
+                    .bind(code)
+                    .bind(fetch)
+                    .bind(studies)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Page {
+                    current_as_of: rows.first().map_or(0, |r| r.0),
+                    study_id: Some(Uuid::nil()),
+                    rows: rows
+                        .into_iter()
+                        .filter_map(|(_, _, code, id, body)| {
+                            Some((SortKey::Code(code?), id?, Bytes::from(body?)))
+                        })
+                        .collect(),
+                }
+            }
+            Listing::SubjectsOfStudy(study) => {
+                let label = match &after {
+                    Some((SortKey::Label(label), _)) => label.clone(),
+                    _ => String::new(),
+                };
+                let rows: Vec<PageRow<String>> = sqlx::query_as(
+                    "SELECT c.position, s.id, p.label, p.id, p.body FROM read_model.checkpoint c \
+                     LEFT JOIN read_model.studies s ON s.id = $1 \
+                     LEFT JOIN LATERAL (SELECT label, id, body FROM read_model.subjects \
+                       WHERE study_id = $1 AND (label, id) > ($2, $3) \
+                       ORDER BY label, id LIMIT $4) p ON s.id IS NOT NULL",
+                )
+                .bind(study)
+                .bind(label)
+                .bind(after_id)
+                .bind(fetch)
+                .fetch_all(&self.pool)
+                .await?;
+                Page {
+                    current_as_of: rows.first().map_or(0, |r| r.0),
+                    study_id: rows.first().and_then(|r| r.1),
+                    rows: rows
+                        .into_iter()
+                        .filter_map(|(_, _, label, id, body)| {
+                            Some((SortKey::Label(label?), id?, Bytes::from(body?)))
+                        })
+                        .collect(),
+                }
+            }
+            Listing::ObservationsOfSubject(subject) => {
+                let at = match &after {
+                    Some((SortKey::ObservedAt(at), _)) => Some(*at),
+                    _ => None,
+                };
+                let rows: Vec<PageRow<DateTime<Utc>>> = sqlx::query_as(
+                    "SELECT c.position, s.study_id, p.observed_at, p.id, p.body \
+                     FROM read_model.checkpoint c \
+                     LEFT JOIN read_model.subjects s ON s.id = $1 \
+                     LEFT JOIN LATERAL (SELECT observed_at, id, body FROM read_model.observations \
+                       WHERE subject_id = $1 \
+                         AND (observed_at, id) > (COALESCE($2, '-infinity'::timestamptz), $3) \
+                       ORDER BY observed_at, id LIMIT $4) p ON s.id IS NOT NULL",
+                )
+                .bind(subject)
+                .bind(at)
+                .bind(after_id)
+                .bind(fetch)
+                .fetch_all(&self.pool)
+                .await?;
+                Page {
+                    current_as_of: rows.first().map_or(0, |r| r.0),
+                    study_id: rows.first().and_then(|r| r.1),
+                    rows: rows
+                        .into_iter()
+                        .filter_map(|(_, _, at, id, body)| {
+                            Some((SortKey::ObservedAt(at?), id?, Bytes::from(body?)))
+                        })
+                        .collect(),
+                }
+            }
+        };
+        count_statement();
+        Ok(page)
+    }
+
+    /// Streams every observation document of a study, ordered by
+    /// `(observed_at, id)`, one per line, in chunks of about 64 KiB through a
+    /// short channel: one statement whose rows are read as the client takes
+    /// them, so memory stays constant however large the study.
+    pub fn export(&self, study_id: Uuid) -> mpsc::Receiver<Result<Bytes, std::io::Error>> {
+        const CHUNK: usize = 64 * 1024;
+        let (tx, rx) = mpsc::channel(4);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            count_statement();
+            let mut rows = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT body FROM read_model.observations WHERE study_id = $1 ORDER BY observed_at, id",
+            )
+            .bind(study_id)
+            .fetch(&pool);
+            let mut chunk = Vec::with_capacity(CHUNK + 4096);
+            loop {
+                match rows.try_next().await {
+                    Ok(Some(body)) => {
+                        chunk.extend_from_slice(&body);
+                        chunk.push(b'\n');
+                        if chunk.len() >= CHUNK {
+                            let full =
+                                std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK + 4096));
+                            if tx.send(Ok(Bytes::from(full))).await.is_err() {
+                                return; // The client went away.
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        if !chunk.is_empty() {
+                            let _ = tx.send(Ok(Bytes::from(chunk))).await;
+                        }
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, %study_id, "the export stopped: reading the replica failed");
+                        let _ = tx
+                            .send(Err(std::io::Error::other("the export stopped")))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }
+
+    /// The checkpoint, the replay lag and every document changed after
+    /// `after`, in one statement (one snapshot). With `after` below zero only
+    /// the checkpoint is read.
+    pub async fn poll(&self, after: i64) -> sqlx::Result<Poll> {
+        const HEAD: &str = "SELECT 'checkpoint'::text, NULL::uuid, NULL::text, c.position, \
+             CASE WHEN NOT pg_is_in_recovery() \
+                    OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8 \
+                  ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) \
+             END FROM read_model.checkpoint c";
+        let rows: Vec<FeedRow> = if after < 0 {
+            sqlx::query_as(HEAD).fetch_all(&self.pool).await?
+        } else {
+            sqlx::query_as(&format!(
+                "{HEAD} \
+                 UNION ALL (SELECT 'study', id, code, position, NULL FROM read_model.studies WHERE position > $1) \
+                 UNION ALL (SELECT 'subject', id, NULL, position, NULL FROM read_model.subjects WHERE position > $1) \
+                 UNION ALL (SELECT 'observation', id, NULL, position, NULL FROM read_model.observations \
+                            WHERE position > $1) \
+                 LIMIT $2"
+            ))
+            .bind(after)
+            .bind(MAX_CHANGES + 2)
+            .fetch_all(&self.pool)
+            .await?
+        };
+        let overflow = rows.len() as i64 > MAX_CHANGES + 1;
+        let mut checkpoint = None;
+        let mut lag_seconds = 0.0;
+        let mut changes = Vec::with_capacity(rows.len());
+        for (kind, id, code, position, lag) in rows {
+            if kind == "checkpoint" {
+                checkpoint = Some(position);
+                lag_seconds = lag.unwrap_or(0.0);
+                continue;
+            }
+            let (Some(kind), Some(id)) = (Kind::parse(&kind), id) else {
+                continue;
+            };
+            if let Some(code) = code {
+                changes.push(Change {
+                    key: Key::Code(code),
+                    position,
+                });
+            }
+            changes.push(Change {
+                key: Key::Doc(kind, id),
+                position,
+            });
+        }
+        let checkpoint = checkpoint.ok_or_else(|| {
+            sqlx::Error::Protocol("the change feed did not return the checkpoint".into())
+        })?;
+        Ok(Poll {
+            checkpoint,
+            lag_seconds,
+            changes: (!overflow || after < 0).then_some(changes),
+        })
+    }
+}
+
+/// Counts statements sent on behalf of requests (exposed as a metric).
+fn count_statement() {
+    metrics::counter!("query_replica_statements_total").increment(1);
+}
