@@ -92,6 +92,10 @@ if [ "$(psql_admin -c "SELECT count(*) FROM pg_database WHERE datname = '$DB_NAM
     say "creating database $DB_NAME"
     psql_admin -c "CREATE DATABASE $DB_NAME OWNER $DB_USER"
 fi
+# The service role may pause and resume the standby's replay: the tests
+# prove that reads wait for a lagging replica (granted on the primary, the
+# grant replicates). Idempotent.
+psql_admin -c "GRANT EXECUTE ON FUNCTION pg_wal_replay_pause(), pg_wal_replay_resume() TO $DB_USER"
 
 # Streaming replication from 127.0.0.1 for the standby.
 HBA=$(psql_admin -c 'SHOW hba_file')

@@ -75,9 +75,12 @@ impl App {
             .read_url()
             .parse()
             .context("parsing the replica's URL")?;
+        // No ping before each use: a read is one statement, and a broken
+        // connection fails that statement (a 503) and is dropped anyway.
         let pool = PgPoolOptions::new()
             .max_connections(config.db_pool)
             .acquire_timeout(Duration::from_secs(1))
+            .test_before_acquire(false)
             .connect_lazy_with(options.application_name("query-api"));
         let replica = Arc::new(Replica::new(pool));
         let cache = Arc::new(Cache::new(config.cache_bytes));

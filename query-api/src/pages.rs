@@ -76,13 +76,11 @@ pub fn parse_limit(raw: Option<&str>) -> Result<i64, Problem> {
             .ok()
             .filter(|l| (1..=MAX_LIMIT).contains(l))
             .ok_or_else(|| {
-                Problem::invalid(
-                    format!("limit must be an integer from 1 to {MAX_LIMIT}"),
-                    vec![shared::domain::FieldError::new(
+                Problem::bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
+                    .with_errors(vec![shared::domain::FieldError::new(
                         "limit",
                         format!("must be an integer from 1 to {MAX_LIMIT}"),
-                    )],
-                )
+                    )])
             }),
     }
 }

@@ -235,9 +235,9 @@ impl CommandApi {
 
 /// The replica of a test database: the hot standby (`TEST_REPLICA_PORT`,
 /// 5433 by default) replays every database of the primary.
-pub fn replica_url(db: &TestDb) -> String {
+pub fn replica_url(primary_url: &str) -> String {
     let port = std::env::var("TEST_REPLICA_PORT").unwrap_or_else(|_| "5433".to_owned());
-    let url = url::Url::parse(&db.url).expect("a database URL");
+    let url = url::Url::parse(primary_url).expect("a database URL");
     let mut replica = url.clone();
     replica
         .set_port(port.parse().ok())
@@ -378,6 +378,13 @@ impl Answer {
 
 pub fn token(sub: &str, roles: &[Role]) -> String {
     mint(SECRET.as_bytes(), &claims_for(sub, roles, 3600))
+}
+
+/// A token limited to `studies`.
+pub fn token_for_studies(sub: &str, roles: &[Role], studies: &[Uuid]) -> String {
+    let mut claims = claims_for(sub, roles, 3600);
+    claims.studies = Some(studies.to_vec());
+    mint(SECRET.as_bytes(), &claims)
 }
 
 /// Polls `check` until it yields `Some`, or fails the test after `timeout`.

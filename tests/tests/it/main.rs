@@ -1,5 +1,5 @@
-//! Integration tests of the write side against real PostgreSQL and NATS
-//! JetStream: one binary, one module per concern.
+//! Integration tests against real PostgreSQL (and its hot standby), NATS
+//! JetStream and Redis: one binary, one module per concern.
 
 mod audit;
 mod audit_http;
@@ -9,5 +9,6 @@ mod env;
 mod input;
 mod projection;
 mod publishing;
+mod reads;
 mod redis_cache;
 mod store;
