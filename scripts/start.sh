@@ -40,7 +40,6 @@ command -v curl >/dev/null 2>&1 || { echo "[start] curl is needed" >&2; exit 1; 
 start_service command-api "$COMMAND_API_ADDR"
 start_service projector "$PROJECTOR_ADDR"
 start_service query-api "$QUERY_API_ADDR"
-echo "[start] the query API serves the audit endpoints; its document reads are not built yet"
 
 mint() { "$BIN/mint-token" --sub "$1" --roles "$2"; }
 WRITER=$(mint importer writer)
@@ -50,7 +49,8 @@ echo "[start] loading the Palmer penguins through the command API"
 cat <<MSG
 
 The command API listens on http://$COMMAND_API_ADDR (OpenAPI: http://$COMMAND_API_ADDR/openapi.json),
-the audit endpoints on http://$QUERY_API_ADDR/v1/audit/ (auditor token).
+the query API on http://$QUERY_API_ADDR (reader token; audit endpoints under /v1/audit/ with an
+auditor token; OpenAPI: http://$QUERY_API_ADDR/openapi.json).
 Tokens for one day (role: token):
   writer:   $WRITER
   reviewer: $(mint reviewer-1 reviewer)
@@ -59,5 +59,6 @@ Tokens for one day (role: token):
 
 Try:  curl -s -X POST http://$COMMAND_API_ADDR/v1/studies -H "Authorization: Bearer \$TOKEN" \\
         -H 'content-type: application/json' -d '{"code":"DEMO-1","title":"Demo","principal_investigator":"You","variables":[{"name":"mass_g","kind":"numeric"}]}'
+Read: curl -s http://$QUERY_API_ADDR/v1/studies -H "Authorization: Bearer <reader token>"
 Stop: scripts/stop.sh
 MSG

@@ -45,6 +45,35 @@ impl StudyData {
         })
     }
 
+    /// The batch commands registering every subject (with the given ids)
+    /// of the study `study_id` and recording up to `per_subject` of each
+    /// one's observations, in the order of the file.
+    pub fn batch_commands(
+        &self,
+        study_id: &str,
+        subject_ids: &[uuid::Uuid],
+        per_subject: usize,
+    ) -> Vec<Value> {
+        let mut commands: Vec<Value> = self
+            .subjects
+            .iter()
+            .zip(subject_ids)
+            .map(|(s, id)| {
+                json!({"type": "RegisterSubject", "target": study_id, "subject_id": id,
+                       "label": s.label, "attributes": s.attributes})
+            })
+            .collect();
+        for (subject, id) in self.subjects.iter().zip(subject_ids) {
+            for o in subject.observations.iter().take(per_subject) {
+                let mut item = o.record_body();
+                item["type"] = json!("RecordObservation");
+                item["target"] = json!(id);
+                commands.push(item);
+            }
+        }
+        commands
+    }
+
     pub fn observation_count(&self) -> usize {
         self.subjects.iter().map(|s| s.observations.len()).sum()
     }

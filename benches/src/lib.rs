@@ -1,6 +1,7 @@
 //! Real data sets and the tools that push them through the HTTP API: the
-//! loader used by the start script and the load generator of the
+//! loader used by the start script and the load generators of the
 //! benchmarks.
 
 pub mod datasets;
 pub mod load;
+pub mod raw_http;

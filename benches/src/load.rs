@@ -58,16 +58,52 @@ where
     Fut: std::future::Future<Output = bool> + Send,
 {
     let send = Arc::new(send);
+    run_with(
+        connections,
+        duration,
+        rate,
+        |_| async { Some(()) },
+        move |(), n| {
+            let send = send.clone();
+            async move { ((), send(n).await) }
+        },
+    )
+    .await
+}
+
+/// Like [`run`], with a state of its own per connection (made by `open`,
+/// which answers `None` when it cannot connect): `send` takes the state and
+/// gives it back with the outcome.
+pub async fn run_with<S, O, OFut, F, Fut>(
+    connections: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    open: O,
+    send: F,
+) -> Report
+where
+    S: Send + 'static,
+    O: Fn(usize) -> OFut + Send + Sync + 'static,
+    OFut: std::future::Future<Output = Option<S>> + Send,
+    F: Fn(S, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (S, bool)> + Send,
+{
+    let (open, send) = (Arc::new(open), Arc::new(send));
     let started = Instant::now();
     let deadline = started + duration;
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let results = Arc::new(Mutex::new((0u64, 0u64, Vec::<u64>::new())));
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
     let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let (send, next, results) = (send.clone(), next.clone(), results.clone());
+        .map(|c| {
+            let (open, send, next, results) =
+                (open.clone(), send.clone(), next.clone(), results.clone());
             tokio::spawn(async move {
                 let mut local = (0u64, 0u64, Vec::new());
+                let Some(mut state) = open(c).await else {
+                    results.lock().await.1 += 1;
+                    return;
+                };
                 loop {
                     let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let scheduled = match interval {
@@ -77,8 +113,13 @@ where
                     if scheduled >= deadline {
                         break;
                     }
-                    tokio::time::sleep_until(scheduled.into()).await;
-                    let ok = send(n).await;
+                    // A timer rounds up to the next millisecond: sleep only
+                    // when the send is really ahead.
+                    if scheduled > Instant::now() {
+                        tokio::time::sleep_until(scheduled.into()).await;
+                    }
+                    let (back, ok) = send(state, n).await;
+                    state = back;
                     let latency = scheduled.elapsed().as_micros() as u64;
                     if ok {
                         local.0 += 1;

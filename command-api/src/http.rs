@@ -75,6 +75,7 @@ pub fn router(state: Shared) -> Router {
         shared::http::with_fallbacks(routes),
         timeout,
         "; with an Idempotency-Key it is safe to retry",
+        tracing::Level::INFO,
     )
 }
 
@@ -102,14 +103,7 @@ async fn readyz(State(state): State<Shared>) -> Response {
 }
 
 async fn metrics_text(State(state): State<Shared>) -> Response {
-    match &state.metrics {
-        Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
-        None => Problem::not_found("metrics are not enabled in this process").into_response(),
-    }
+    shared::http::metrics_text(state.metrics.as_ref())
 }
 
 macro_rules! command_route {

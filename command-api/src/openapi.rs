@@ -86,7 +86,5 @@ pub struct BatchAnswer {
 pub struct ApiDoc;
 
 pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_json()
-        .unwrap_or_else(|_| "{}".to_owned())
+    shared::api_doc::to_json::<ApiDoc>()
 }

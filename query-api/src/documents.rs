@@ -5,7 +5,7 @@
 //! only taken when Redis's `through` mark has reached F.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::OnceCell;
 
@@ -152,8 +152,7 @@ impl Documents {
             }
             Some(_) => {
                 // Redis has not caught up with what this process has seen.
-                metrics::counter!("query_cache_lookups_total", "tier" => "redis", "result" => "behind")
-                    .increment(1);
+                lookups("redis", "behind").increment(1);
                 None
             }
             None => {
@@ -180,9 +179,30 @@ impl Documents {
 }
 
 fn hit(tier: &'static str) {
-    metrics::counter!("query_cache_lookups_total", "tier" => tier, "result" => "hit").increment(1);
+    lookups(tier, "hit").increment(1);
 }
 
 fn miss(tier: &'static str) {
-    metrics::counter!("query_cache_lookups_total", "tier" => tier, "result" => "miss").increment(1);
+    lookups(tier, "miss").increment(1);
+}
+
+/// `query_cache_lookups_total{tier, result}`, each handle made once (made
+/// after the recorder is installed: at the first request).
+fn lookups(tier: &'static str, result: &'static str) -> &'static metrics::Counter {
+    static HANDLES: OnceLock<Vec<(&str, &str, metrics::Counter)>> = OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        let mut all = Vec::new();
+        for tier in ["memory", "redis", "replica"] {
+            for result in ["hit", "miss", "behind"] {
+                let counter = metrics::counter!("query_cache_lookups_total", "tier" => tier, "result" => result);
+                all.push((tier, result, counter));
+            }
+        }
+        all
+    });
+    handles
+        .iter()
+        .find(|(t, r, _)| *t == tier && *r == result)
+        .map(|(_, _, c)| c)
+        .unwrap_or(&handles[0].2)
 }

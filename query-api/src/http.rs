@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -65,7 +65,12 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
         .with_state(state);
-    shared::http::with_common_layers(shared::http::with_fallbacks(routes), timeout, "")
+    shared::http::with_common_layers(
+        shared::http::with_fallbacks(routes),
+        timeout,
+        "",
+        tracing::Level::DEBUG,
+    )
 }
 
 /// The caller, who must hold `role`.
@@ -232,10 +237,10 @@ pub async fn study(
     State(state): State<Shared>,
     principal: Result<Principal, Problem>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, Problem> {
     let key = Key::Doc(Kind::Study, parse_id(&id)?);
-    document(&state, principal, &headers, key, "study").await
+    document(&state, principal, request.headers(), key, "study").await
 }
 
 /// The study with this code.
@@ -247,12 +252,19 @@ pub async fn study_by_code(
     State(state): State<Shared>,
     principal: Result<Principal, Problem>,
     Path(code): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, Problem> {
     if code.is_empty() || code.len() > 200 {
         return Err(Problem::bad_request("a study code has 1 to 200 bytes"));
     }
-    document(&state, principal, &headers, Key::Code(code), "study").await
+    document(
+        &state,
+        principal,
+        request.headers(),
+        Key::Code(code),
+        "study",
+    )
+    .await
 }
 
 /// A subject: attributes, status, latest values and statistics.
@@ -264,10 +276,10 @@ pub async fn subject(
     State(state): State<Shared>,
     principal: Result<Principal, Problem>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, Problem> {
     let key = Key::Doc(Kind::Subject, parse_id(&id)?);
-    document(&state, principal, &headers, key, "subject").await
+    document(&state, principal, request.headers(), key, "subject").await
 }
 
 /// An observation: current and original values, status, signatures.
@@ -279,10 +291,10 @@ pub async fn observation(
     State(state): State<Shared>,
     principal: Result<Principal, Problem>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, Problem> {
     let key = Key::Doc(Kind::Observation, parse_id(&id)?);
-    document(&state, principal, &headers, key, "observation").await
+    document(&state, principal, request.headers(), key, "observation").await
 }
 
 async fn page(
@@ -428,14 +440,7 @@ async fn readyz(State(state): State<Shared>) -> Response {
 }
 
 async fn metrics_text(State(state): State<Shared>) -> Response {
-    match &state.metrics {
-        Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
-        None => Problem::not_found("metrics are not enabled in this process").into_response(),
-    }
+    shared::http::metrics_text(state.metrics.as_ref())
 }
 
 async fn openapi_json() -> Response {

@@ -36,7 +36,5 @@ use crate::{audit, http};
 pub struct ApiDoc;
 
 pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_json()
-        .unwrap_or_else(|_| "{}".to_owned())
+    shared::api_doc::to_json::<ApiDoc>()
 }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, ToSchema};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 /// An RFC 9457 problem (see docs/problems.md).
 #[derive(Serialize, ToSchema)]
@@ -40,4 +40,9 @@ impl Modify for BearerAuth {
             ),
         );
     }
+}
+
+/// The document of `T` as JSON text.
+pub fn to_json<T: OpenApi>() -> String {
+    T::openapi().to_json().unwrap_or_else(|_| "{}".to_owned())
 }

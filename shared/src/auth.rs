@@ -1,7 +1,9 @@
 //! Bearer JWT authentication (HS256 pinned, `exp` required) and the
 //! principal it yields; also the minting used by development tools.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -95,14 +97,25 @@ impl Principal {
     }
 }
 
-/// Validates bearer tokens with the shared secret.
+/// Tokens kept verified; more are forgotten all at once.
+const VERIFIED_TOKENS: usize = 10_000;
+
+/// Validates bearer tokens with the shared secret. A token that verified is
+/// remembered until it expires, so that a client sending the same token on
+/// every request pays for the signature once (the answer depends only on the
+/// token's bytes and the clock).
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
+    verified: RwLock<HashMap<Box<str>, (Principal, i64)>>,
 }
 
 impl Authenticator {
+    /// An empty issuer or audience counts as none (an `.env` line left
+    /// empty).
     pub fn new(secret: &[u8], issuer: Option<&str>, audience: Option<&str>) -> Self {
+        let issuer = issuer.filter(|s| !s.is_empty());
+        let audience = audience.filter(|s| !s.is_empty());
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 30;
@@ -120,6 +133,7 @@ impl Authenticator {
         Self {
             key: DecodingKey::from_secret(secret),
             validation,
+            verified: RwLock::new(HashMap::new()),
         }
     }
 
@@ -133,8 +147,23 @@ impl Authenticator {
             .ok_or_else(|| {
                 Problem::unauthorized("the Authorization header must be a Bearer token")
             })?;
-        let data = jsonwebtoken::decode::<Claims>(token.trim(), &self.key, &self.validation)
-            .map_err(|e| {
+        let token = token.trim();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let leeway = self.validation.leeway as i64;
+        if let Some((principal, exp)) = self
+            .verified
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+        {
+            if now < exp + leeway {
+                return Ok(principal.clone());
+            }
+        }
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
                 let why = match e.kind() {
                     ErrorKind::ExpiredSignature => "the token has expired",
@@ -156,7 +185,13 @@ impl Authenticator {
             ));
         }
         let roles: Vec<Role> = claims.roles.iter().filter_map(|r| Role::parse(r)).collect();
-        Ok(Principal::new(claims.sub, &roles, claims.studies))
+        let principal = Principal::new(claims.sub, &roles, claims.studies);
+        let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(token.into(), (principal.clone(), claims.exp));
+        Ok(principal)
     }
 }
 
@@ -272,5 +307,34 @@ mod tests {
         claims.aud = Some("records".into());
         let good = mint(SECRET, &claims);
         assert!(auth.authenticate(Some(&format!("Bearer {good}"))).is_ok());
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let auth = Authenticator::new(SECRET, None, None);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        // An entry the signature would refuse shows that the memory answers,
+        // and is believed only until its expiry (plus the leeway).
+        let remembered = |exp| {
+            auth.verified.write().unwrap().insert(
+                "not.a.token".into(),
+                (Principal::new("x", &[Role::Reader], None), exp),
+            );
+        };
+        remembered(now + 60);
+        assert!(auth.authenticate(Some("Bearer not.a.token")).is_ok());
+        remembered(now - 31);
+        assert!(auth.authenticate(Some("Bearer not.a.token")).is_err());
+        let refused = mint(SECRET, &claims_for("a", &[Role::Reader], -3600));
+        assert!(auth
+            .authenticate(Some(&format!("Bearer {refused}")))
+            .is_err());
+        assert!(
+            !auth.verified.read().unwrap().contains_key(refused.as_str()),
+            "a refusal is not remembered"
+        );
     }
 }

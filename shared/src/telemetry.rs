@@ -45,7 +45,10 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-/// Installs the Prometheus recorder once per process.
+/// Installs the Prometheus recorder once per process, with a thread that
+/// folds the recorded histogram samples into their buckets every few
+/// seconds: without it they pile up in memory until the next scrape (and
+/// without a scraper, forever).
 pub fn install_metrics() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
@@ -54,11 +57,20 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                 1.0, 2.5, 5.0, 10.0,
             ];
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets(&buckets)
                 .ok()?
                 .install_recorder()
-                .ok()
+                .ok()?;
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                    upkeep.run_upkeep();
+                })
+                .ok()?;
+            Some(handle)
         })
         .clone()
 }

@@ -233,6 +233,31 @@ impl CommandApi {
     }
 }
 
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A private `redis-server` on `port`, without persistence.
+pub fn start_redis(port: u16) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (installed by scripts/infra.sh)")
+}
+
 /// The replica of a test database: the hot standby (`TEST_REPLICA_PORT`,
 /// 5433 by default) replays every database of the primary.
 pub fn replica_url(primary_url: &str) -> String {

@@ -1,6 +1,9 @@
 //! `research-bench`: the load generator of the benchmarks. `write` records
-//! real NYC weather rows as observations through the command API at a fixed
-//! number of connections, closed loop (maximum rate) or at a fixed rate.
+//! real NYC weather rows as observations through the command API; `read`
+//! GETs a list of paths (real documents) from any HTTP server; both at a
+//! fixed number of connections, closed loop (maximum rate) or at a fixed
+//! rate. `static-server` is the ceiling `read` is compared with: a minimal
+//! axum handler answering a fixed body.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +44,37 @@ enum What {
         #[arg(long)]
         json: bool,
     },
+    /// GET the paths listed in a file, in turn, over keep-alive connections.
+    Read {
+        /// host:port of the server.
+        #[arg(long, default_value = "127.0.0.1:8082")]
+        target: String,
+        /// File with one path a line.
+        #[arg(long)]
+        paths: std::path::PathBuf,
+        /// Bearer token sent with every request.
+        #[arg(long, env = "RESEARCH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Accept-Encoding sent with every request.
+        #[arg(long)]
+        accept_encoding: Option<String>,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Requests per second in total (open loop); closed loop when absent.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve a fixed body of BYTES bytes on every path (the ceiling).
+    StaticServer {
+        #[arg(long, default_value = "127.0.0.1:18090")]
+        addr: String,
+        #[arg(long)]
+        bytes: usize,
+    },
     /// Delete a JetStream stream left by a benchmark run.
     DropStream {
         name: String,
@@ -60,6 +94,48 @@ async fn main() -> anyhow::Result<()> {
             rate,
             json: as_json,
         } => write(api, token, connections, seconds, rate, as_json).await,
+        What::Read {
+            target,
+            paths,
+            token,
+            accept_encoding,
+            connections,
+            seconds,
+            rate,
+            json: as_json,
+        } => {
+            let mut headers = String::new();
+            if let Some(token) = token {
+                headers.push_str(&format!("Authorization: Bearer {token}\r\n"));
+            }
+            if let Some(coding) = accept_encoding {
+                headers.push_str(&format!("Accept-Encoding: {coding}\r\n"));
+            }
+            let requests: Vec<Vec<u8>> = std::fs::read_to_string(&paths)
+                .with_context(|| format!("reading {}", paths.display()))?
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|p| benches::raw_http::request(&target, p.trim(), &headers))
+                .collect();
+            if requests.is_empty() {
+                bail!("{} lists no paths", paths.display());
+            }
+            let report = read(target, Arc::new(requests), connections, seconds, rate).await;
+            print_report(&report, connections, rate, as_json);
+            Ok(())
+        }
+        What::StaticServer { addr, bytes } => {
+            let body = axum::body::Bytes::from(vec![b'x'; bytes]);
+            let app = axum::Router::new().fallback(move || {
+                let body = body.clone();
+                async move { ([("content-type", "application/json")], body) }
+            });
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            axum::serve(listener, app).await?;
+            Ok(())
+        }
         What::DropStream { name, nats } => {
             let client = async_nats::connect(&nats)
                 .await
@@ -126,18 +202,7 @@ async fn write(
         }
     })
     .await;
-    if as_json {
-        println!(
-            "{}",
-            json!({
-                "connections": connections, "rate_target": rate, "rate": report.rate(),
-                "ok": report.requests, "errors": report.errors,
-                "p50_ms": report.percentile_ms(50.0), "p99_ms": report.percentile_ms(99.0),
-            })
-        );
-    } else {
-        println!("{connections} connections: {}", report.summary());
-    }
+    print_report(&report, connections, rate, as_json);
     Ok(())
 }
 
@@ -160,4 +225,53 @@ async fn post(
         bail!("POST {path}: {status} {body}");
     }
     Ok(body)
+}
+
+async fn read(
+    target: String,
+    requests: Arc<Vec<Vec<u8>>>,
+    connections: usize,
+    seconds: u64,
+    rate: Option<f64>,
+) -> load::Report {
+    load::run_with(
+        connections,
+        Duration::from_secs(seconds),
+        rate,
+        move |_| {
+            let target = target.clone();
+            async move { benches::raw_http::Conn::open(&target).await.ok().map(Some) }
+        },
+        move |conn: Option<benches::raw_http::Conn>, n| {
+            let requests = requests.clone();
+            async move {
+                let Some(mut conn) = conn else {
+                    return (None, false);
+                };
+                let request = &requests[n as usize % requests.len()];
+                match conn.get(request).await {
+                    Ok(200) => (Some(conn), true),
+                    Ok(_) => (Some(conn), false),
+                    // The connection broke: this task stops counting.
+                    Err(_) => (None, false),
+                }
+            }
+        },
+    )
+    .await
+}
+
+fn print_report(report: &load::Report, connections: usize, rate: Option<f64>, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "connections": connections, "rate_target": rate, "rate": report.rate(),
+                "ok": report.requests, "errors": report.errors,
+                "p50_ms": report.percentile_ms(50.0), "p99_ms": report.percentile_ms(99.0),
+            })
+        );
+    } else {
+        println!("{connections} connections: {}", report.summary());
+    }
 }

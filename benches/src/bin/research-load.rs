@@ -97,23 +97,7 @@ async fn load(client: &reqwest::Client, args: &Args, study: &StudyData) -> anyho
     let study_id = answer["id"].as_str().context("an id")?.to_owned();
 
     let subject_ids: Vec<Uuid> = study.subjects.iter().map(|_| Uuid::now_v7()).collect();
-    let mut commands: Vec<Value> = study
-        .subjects
-        .iter()
-        .zip(&subject_ids)
-        .map(|(s, id)| {
-            json!({"type": "RegisterSubject", "target": study_id, "subject_id": id,
-                   "label": s.label, "attributes": s.attributes})
-        })
-        .collect();
-    for (subject, id) in study.subjects.iter().zip(&subject_ids) {
-        for o in &subject.observations {
-            let mut item = o.record_body();
-            item["type"] = json!("RecordObservation");
-            item["target"] = json!(id);
-            commands.push(item);
-        }
-    }
+    let commands = study.batch_commands(&study_id, &subject_ids, usize::MAX);
     let total = commands.len();
     let mut done = 0;
     let mut failed = 0;

@@ -360,7 +360,7 @@ async fn a_projector_killed_mid_batch_resumes_without_counting_twice() {
             .env("NATS_SUBJECT_PREFIX", &env.stream.prefix)
             .env(
                 "PROJECTOR_ADDR",
-                format!("127.0.0.1:{}", crate::publishing::free_port()),
+                format!("127.0.0.1:{}", tests::free_port()),
             )
             .env("PROJECTOR_MAX_BATCH", "3")
             .env("REDIS_URL", "")
@@ -553,7 +553,7 @@ async fn nats_stopped_mid_run_costs_nothing_but_speed() {
 
     use tests::{command_config, CommandApi, TestDb, TestStream};
 
-    let port = crate::publishing::free_port();
+    let port = tests::free_port();
     let store_dir = std::env::temp_dir().join(format!("nats-{}", Uuid::new_v4().simple()));
     let start_nats = || {
         std::process::Command::new("nats-server")

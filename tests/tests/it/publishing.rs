@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use shared::envelope::StoredEvent;
 use shared::store::EventStore;
-use tests::{command_config, read_stream, wait_until, TestDb, TestStream, SECRET};
+use tests::{command_config, free_port, read_stream, wait_until, TestDb, TestStream, SECRET};
 use tokio::process::{Child, Command};
 
 use crate::env::{first_row, Env};
@@ -92,13 +92,6 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 async fn start_process(db: &TestDb, stream: &TestStream, port: u16) -> Child {

@@ -14,7 +14,9 @@ use projector::cache::RedisSink;
 use projector::{Projector, ProjectorConfig};
 use serde_json::{json, Value};
 use shared::auth::Role;
-use tests::{query_config, replica_url, token, wait_until, Answer, QueryApi};
+use tests::{
+    free_port, query_config, replica_url, start_redis, token, wait_until, Answer, QueryApi,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -101,23 +103,7 @@ async fn load(
     );
     let study_id = answer.id();
     let subjects: Vec<Uuid> = study.subjects.iter().map(|_| Uuid::now_v7()).collect();
-    let mut commands: Vec<Value> = study
-        .subjects
-        .iter()
-        .zip(&subjects)
-        .map(|(s, id)| {
-            json!({"type": "RegisterSubject", "target": study_id, "subject_id": id,
-                   "label": s.label, "attributes": s.attributes})
-        })
-        .collect();
-    for (subject, id) in study.subjects.iter().zip(&subjects) {
-        for o in subject.observations.iter().take(per_subject) {
-            let mut item = o.record_body();
-            item["type"] = json!("RecordObservation");
-            item["target"] = json!(id);
-            commands.push(item);
-        }
-    }
+    let commands = study.batch_commands(&study_id.to_string(), &subjects, per_subject);
     let mut last = 0;
     for chunk in commands.chunks(1000) {
         let answer = env
@@ -293,6 +279,35 @@ async fn documents_pages_and_export_answer_the_contract() {
         .get(&format!("/v1/studies/{study_id}"), &elsewhere)
         .await
         .problem(403);
+    query
+        .get(&format!("/v1/studies/{study_id}/subjects"), &elsewhere)
+        .await
+        .problem(403);
+    // A token limited to studies lists only those.
+    let second = env
+        .api
+        .post(
+            "/v1/studies",
+            &env.writer,
+            &tests::penguins()[1].register_body(),
+        )
+        .await;
+    let consistent = [("consistency-token", position(&second))];
+    let consistent: Vec<(&str, &str)> = consistent.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let all = query
+        .get_with("/v1/studies", &env.reader, &consistent)
+        .await
+        .json();
+    assert_eq!(all["items"].as_array().unwrap().len(), 2);
+    let mine = tests::token_for_studies("lim", &[Role::Reader], &[study_id]);
+    let limited = query.get("/v1/studies", &mine).await.json();
+    let ids: Vec<&str> = limited["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [study_id.to_string()]);
     query
         .get_with(
             &format!("/v1/studies/{study_id}"),
@@ -766,27 +781,10 @@ async fn the_export_of_a_large_study_streams_every_observation() {
     assert_eq!(ids.len(), expected);
 }
 
-fn start_redis(port: u16) -> std::process::Child {
-    std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server (installed by scripts/infra.sh)")
-}
-
 #[tokio::test]
 async fn reads_go_on_while_redis_stops_and_use_it_again_when_it_returns() {
     let env = Env::start().await;
-    let port = crate::publishing::free_port();
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let mut redis = start_redis(port);
     wait_until(Duration::from_secs(10), "redis to start", || async {
@@ -890,7 +888,7 @@ async fn reads_go_on_while_redis_stops_and_use_it_again_when_it_returns() {
 
 #[tokio::test]
 async fn a_replica_that_is_down_is_reported_not_waited_for() {
-    let port = crate::publishing::free_port();
+    let port = free_port();
     let url = format!("postgres://research:research@127.0.0.1:{port}/nothing");
     let query = QueryApi::spawn(&query_config(&url, "", "")).await;
     let reader = token("rex", &[Role::Reader]);

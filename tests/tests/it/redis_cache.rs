@@ -2,7 +2,6 @@
 //! document replace a newer one, and refills Redis after an outage without
 //! slowing the projection down.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use projector::cache::{doc_key, write, RedisSink};
@@ -10,7 +9,7 @@ use projector::views::Doc;
 use projector::{Projector, ProjectorConfig};
 use redis::AsyncCommands;
 use serde_json::json;
-use tests::wait_until;
+use tests::{free_port, start_redis, wait_until};
 use uuid::Uuid;
 
 use crate::env::Env;
@@ -152,31 +151,6 @@ async fn every_document_reaches_redis() {
     .await;
     let mut conn = manager(url).await;
     clean(&mut conn, &prefix).await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_redis(port: u16) -> std::process::Child {
-    std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (installed by scripts/infra.sh)")
 }
 
 #[tokio::test]
