@@ -7,6 +7,9 @@
 #            CONNECTIONS keep-alive connections, closed loop;
 #   static:  the same generator against a minimal axum handler answering a
 #            fixed body of the documents' mean size (the ceiling);
+#            query and static alternate for ROUNDS rounds and the medians
+#            are compared (the machine is noisy); the generator runs on one
+#            thread, the lightest a client gets on two cores;
 #   redis:   redis-benchmark GET of a value of that size, same connections;
 #   half:    the query API at half its maximum rate (open loop): p50, p99;
 #   export:  the largest study's NDJSON export, plain and compressed, with
@@ -14,13 +17,15 @@
 #   memory:  the query API's resident memory over a run of LONG seconds at
 #            half rate (0 skips it; 600 is ten minutes).
 # Settings: EVENTS (weather events, default 150000), CONNECTIONS (32),
-# SECONDS_PER_STEP (10), LONG (0).
+# SECONDS_PER_STEP (10), ROUNDS (3), LONG (0).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 EVENTS=${EVENTS:-150000}
 CONNECTIONS=${CONNECTIONS:-32}
 SECONDS_PER_STEP=${SECONDS_PER_STEP:-10}
 LONG=${LONG:-0}
+ROUNDS=${ROUNDS:-3}
+export TOKIO_WORKER_THREADS=1
 QUERY_PORT=${QUERY_PORT:-18082}
 STATIC_PORT=${STATIC_PORT:-18090}
 PROJECTOR_PORT=${PROJECTOR_PORT:-18083}
@@ -85,17 +90,23 @@ field() { python3 -c "import json, sys; print(json.loads(sys.argv[1])[sys.argv[2
 
 echo "[bench] warm-up pass"
 read_load "127.0.0.1:$QUERY_PORT" 3 --token "$READER" >/dev/null
-hits0=$(memory_hits); all0=$(lookups memory)
-echo "[bench] query API, $CONNECTIONS connections, closed loop"
-query=$(read_load "127.0.0.1:$QUERY_PORT" "$SECONDS_PER_STEP" --token "$READER")
-hits1=$(memory_hits); all1=$(lookups memory)
-rss_peak=$(rss)
-
 "$BIN/research-bench" static-server --addr "127.0.0.1:$STATIC_PORT" --bytes "$mean" &
 PIDS+=($!)
 wait_ready "http://127.0.0.1:$STATIC_PORT/"
-echo "[bench] static handler, $CONNECTIONS connections, closed loop"
-static=$(read_load "127.0.0.1:$STATIC_PORT" "$SECONDS_PER_STEP")
+hits0=$(memory_hits); all0=$(lookups memory)
+queries=(); statics=()
+for round in $(seq 1 "$ROUNDS"); do
+    echo "[bench] round $round: query API, then the static handler, $CONNECTIONS connections, closed loop"
+    queries+=("$(read_load "127.0.0.1:$QUERY_PORT" "$SECONDS_PER_STEP" --token "$READER")")
+    statics+=("$(read_load "127.0.0.1:$STATIC_PORT" "$SECONDS_PER_STEP")")
+done
+hits1=$(memory_hits); all1=$(lookups memory)
+rss_peak=$(rss)
+median() { printf '%s\n' "$@" | python3 -c "import json, sys; runs = sorted((json.loads(l) for l in sys.stdin), key=lambda r: r['rate']); print(json.dumps(runs[len(runs) // 2]))"; }
+query=$(median "${queries[@]}")
+static=$(median "${statics[@]}")
+echo "[bench] query API runs: $(printf '%s ' "${queries[@]}" | grep -o '"rate":[0-9.]*' | cut -d: -f2 | cut -d. -f1 | tr '\n' ' ')"
+echo "[bench] static runs:    $(printf '%s ' "${statics[@]}" | grep -o '"rate":[0-9.]*' | cut -d: -f2 | cut -d. -f1 | tr '\n' ' ')"
 
 echo "[bench] redis-benchmark GET, $CONNECTIONS connections"
 requests=$(python3 -c "print(int($(field "$query" rate) * $SECONDS_PER_STEP))")
@@ -141,13 +152,13 @@ q, s, h = json.loads(q), json.loads(s), json.loads(h)
 redis_rate = float(redis_rate)
 hit_ratio = (int(hits1) - int(hits0)) / max(1, int(all1) - int(all0))
 print(f"\n{'':44} {'req/s':>10}")
-print(f"{'static axum handler (' + mean + ' B body)':44} {s['rate']:10.0f}")
+print(f"{'static axum handler (' + mean + ' B body, median)':44} {s['rate']:10.0f}")
 print(f"{'redis-benchmark GET (' + mean + ' B value)':44} {redis_rate:10.0f}")
-print(f"{'query API, cache hits':44} {q['rate']:10.0f}   ({q['rate'] / s['rate']:.2f} x static, "
+print(f"{'query API, cache hits (median)':44} {q['rate']:10.0f}   ({q['rate'] / s['rate']:.2f} x static, "
       f"{q['rate'] / redis_rate:.2f} x redis-benchmark, {q['errors']} errors)")
 print(f"query API closed loop: p50 {q['p50_ms']:.2f} ms, p99 {q['p99_ms']:.2f} ms")
 print(f"half rate ({h['rate']:.0f} req/s): p50 {h['p50_ms']:.2f} ms, p99 {h['p99_ms']:.2f} ms, {h['errors']} errors")
-print(f"memory-tier hit ratio during the closed-loop run: {hit_ratio * 100:.2f} %")
+print(f"memory-tier hit ratio during the closed-loop runs: {hit_ratio * 100:.2f} %")
 size = lambda r: int(r.split()[0])
 secs = lambda r: float(r.split()[1])
 print(f"export of the largest study ({lines} observations): {size(plain) / 1e6:.1f} MB in {secs(plain):.2f} s; "

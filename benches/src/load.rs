@@ -74,6 +74,12 @@ where
 /// Like [`run`], with a state of its own per connection (made by `open`,
 /// which answers `None` when it cannot connect): `send` takes the state and
 /// gives it back with the outcome.
+///
+/// Open loop: a thread of its own releases send number `n` at
+/// `start + n / rate` (a thread's sleep is precise to tens of microseconds,
+/// where the runtime's timer rounds to the millisecond), and the first free
+/// connection takes it; its latency counts from that scheduled time, so a
+/// backlog shows instead of hiding (no coordinated omission).
 pub async fn run_with<S, O, OFut, F, Fut>(
     connections: usize,
     duration: Duration,
@@ -91,13 +97,38 @@ where
     let (open, send) = (Arc::new(open), Arc::new(send));
     let started = Instant::now();
     let deadline = started + duration;
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let results = Arc::new(Mutex::new((0u64, 0u64, Vec::<u64>::new())));
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    // Closed loop: a shared counter; open loop: the pacer's tickets.
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tickets = interval.map(|interval| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        std::thread::spawn(move || {
+            for n in 0u64.. {
+                let at = started + interval.mul_f64(n as f64);
+                if at >= deadline {
+                    break;
+                }
+                let now = Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                if tx.send(n).is_err() {
+                    break;
+                }
+            }
+        });
+        Arc::new(Mutex::new(rx))
+    });
+    let results = Arc::new(Mutex::new((0u64, 0u64, Vec::<u64>::new())));
     let tasks: Vec<_> = (0..connections)
         .map(|c| {
-            let (open, send, next, results) =
-                (open.clone(), send.clone(), next.clone(), results.clone());
+            let (open, send, next, results, tickets) = (
+                open.clone(),
+                send.clone(),
+                next.clone(),
+                results.clone(),
+                tickets.clone(),
+            );
             tokio::spawn(async move {
                 let mut local = (0u64, 0u64, Vec::new());
                 let Some(mut state) = open(c).await else {
@@ -105,19 +136,21 @@ where
                     return;
                 };
                 loop {
-                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let scheduled = match interval {
-                        Some(i) => started + i.mul_f64(n as f64),
-                        None => Instant::now(),
+                    let (n, scheduled) = match (&tickets, interval) {
+                        (Some(tickets), Some(interval)) => {
+                            let Some(n) = tickets.lock().await.recv().await else {
+                                break;
+                            };
+                            (n, started + interval.mul_f64(n as f64))
+                        }
+                        _ => {
+                            let now = Instant::now();
+                            if now >= deadline {
+                                break;
+                            }
+                            (next.fetch_add(1, std::sync::atomic::Ordering::Relaxed), now)
+                        }
                     };
-                    if scheduled >= deadline {
-                        break;
-                    }
-                    // A timer rounds up to the next millisecond: sleep only
-                    // when the send is really ahead.
-                    if scheduled > Instant::now() {
-                        tokio::time::sleep_until(scheduled.into()).await;
-                    }
                     let (back, ok) = send(state, n).await;
                     state = back;
                     let latency = scheduled.elapsed().as_micros() as u64;

@@ -9,13 +9,12 @@ use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::problem::Problem;
@@ -36,13 +35,16 @@ pub fn with_fallbacks(router: Router) -> Router {
         })
 }
 
-/// Wraps `router` in the common layers. A request whose answer is not ready
-/// within `timeout` gets a 503 whose detail is `timeout_advice` after the
-/// limit (streamed bodies are not cut: the limit is on the answer's start).
-/// The request span is made at `span_level`: a service answering tens of
-/// thousands of reads a second makes it at DEBUG, where it costs nothing
-/// unless asked for (`RUST_LOG=tower_http=debug,…`); its failures are logged
-/// with their correlation id either way.
+/// Wraps `router` in the common layers, as one middleware (each layer
+/// costs a boxed future and a service clone a request) inside a panic
+/// guard: a request id (taken from `x-request-id` or made, and sent back), a
+/// span named by the matched route, a timeout, a latency histogram per
+/// route, method and status, and a log line for every 5xx. A request whose
+/// answer is not ready within `timeout` gets a 503 whose detail ends with
+/// `timeout_advice` (streamed bodies are not cut: the limit is on the
+/// answer's start). The span is made at `span_level`: a service answering
+/// tens of thousands of reads a second makes it at DEBUG, where it costs
+/// nothing unless asked for (`RUST_LOG=shared::http=debug`).
 pub fn with_common_layers(
     router: Router,
     timeout: Duration,
@@ -50,37 +52,66 @@ pub fn with_common_layers(
     span_level: tracing::Level,
 ) -> Router {
     router
-        .layer(middleware::from_fn(move |req, next| {
-            timed(timeout, timeout_advice, req, next)
-        }))
         .layer(CatchPanicLayer::custom(|_| {
             let correlation_id = Uuid::now_v7().to_string();
             tracing::error!(correlation_id, "handler panicked");
             Problem::internal(&correlation_id).into_response()
         }))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(move |req: &Request| {
-                // Field values are only evaluated when the span is enabled.
-                let route = || {
-                    req.extensions()
-                        .get::<MatchedPath>()
-                        .map_or("unmatched", |p| p.as_str())
-                };
-                let request_id = || {
-                    req.headers()
-                        .get(&REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                };
-                if span_level == tracing::Level::DEBUG {
-                    tracing::debug_span!("request", method = %req.method(), route = route(), request_id = request_id())
-                } else {
-                    tracing::info_span!("request", method = %req.method(), route = route(), request_id = request_id())
-                }
-            }),
-        )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(move |req, next| {
+            around(timeout, timeout_advice, span_level, req, next)
+        }))
+}
+
+async fn around(
+    limit: Duration,
+    advice: &'static str,
+    span_level: tracing::Level,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let request_id = match req.headers().get(&REQUEST_ID) {
+        Some(id) if id.len() <= 200 => id.clone(),
+        _ => {
+            let id = HeaderValue::from_str(&Uuid::new_v4().to_string())
+                .unwrap_or(HeaderValue::from_static("-"));
+            req.headers_mut().insert(REQUEST_ID, id.clone());
+            id
+        }
+    };
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route_str = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let method = req.method().clone();
+    // Field values are only evaluated when the span is enabled.
+    let span = if span_level == tracing::Level::DEBUG {
+        tracing::debug_span!("request", %method, route = route_str, request_id = request_id.to_str().unwrap_or(""))
+    } else {
+        tracing::info_span!("request", %method, route = route_str, request_id = request_id.to_str().unwrap_or(""))
+    };
+    let started = Instant::now();
+    let answered = tokio::time::timeout(limit, next.run(req))
+        .instrument(span.clone())
+        .await;
+    let mut response = answered.unwrap_or_else(|_| {
+        Problem::unavailable(format!(
+            "the request took longer than {} s{advice}",
+            limit.as_secs_f64()
+        ))
+        .into_response()
+    });
+    let elapsed = started.elapsed();
+    let status = response.status();
+    if status.is_server_error() {
+        let request_id = request_id.to_str().unwrap_or("");
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(%method, route = route_str, request_id, status = status.as_u16(), latency_ms, "request answered 503");
+        } else {
+            tracing::error!(%method, route = route_str, request_id, status = status.as_u16(), latency_ms, "request failed");
+        }
+    }
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    latency_histogram(route_str, &method, status.as_u16()).record(elapsed.as_secs_f64());
+    response
 }
 
 /// `/metrics` in the Prometheus text format, or a 404 problem when the
@@ -97,26 +128,6 @@ pub fn metrics_text(handle: Option<&crate::telemetry::PrometheusHandle>) -> Resp
             .into_response(),
         None => Problem::not_found("metrics are not enabled in this process").into_response(),
     }
-}
-
-/// Answers 503 past `limit` and records the latency per route, method and
-/// status (one layer for both: each layer costs a boxed future a request).
-async fn timed(limit: Duration, advice: &'static str, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let method = req.method().clone();
-    let started = Instant::now();
-    let response = match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => Problem::unavailable(format!(
-            "the request took longer than {} s{advice}",
-            limit.as_secs_f64()
-        ))
-        .into_response(),
-    };
-    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    latency_histogram(route, &method, response.status().as_u16())
-        .record(started.elapsed().as_secs_f64());
-    response
 }
 
 /// The histogram of one route, method and status, made once: looking it up
