@@ -258,6 +258,23 @@ pub fn start_redis(port: u16) -> std::process::Child {
         .expect("redis-server (installed by scripts/infra.sh)")
 }
 
+/// A private Redis on a free port, answering: its process, port and URL.
+pub async fn private_redis() -> (std::process::Child, u16, String) {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let child = start_redis(port);
+    wait_until(Duration::from_secs(10), "redis to start", || async {
+        redis::Client::open(url.as_str())
+            .ok()?
+            .get_multiplexed_async_connection()
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    (child, port, url)
+}
+
 /// The replica of a test database: the hot standby (`TEST_REPLICA_PORT`,
 /// 5433 by default) replays every database of the primary.
 pub fn replica_url(primary_url: &str) -> String {

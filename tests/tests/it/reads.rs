@@ -781,21 +781,20 @@ async fn the_export_of_a_large_study_streams_every_observation() {
     assert_eq!(ids.len(), expected);
 }
 
+fn redis_up(query: &QueryApi) -> bool {
+    query
+        .app
+        .state
+        .docs
+        .redis
+        .as_ref()
+        .is_some_and(|r| r.is_up())
+}
+
 #[tokio::test]
 async fn reads_go_on_while_redis_stops_and_use_it_again_when_it_returns() {
     let env = Env::start().await;
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}");
-    let mut redis = start_redis(port);
-    wait_until(Duration::from_secs(10), "redis to start", || async {
-        redis::Client::open(url.as_str())
-            .ok()?
-            .get_multiplexed_async_connection()
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    let (mut redis, port, url) = tests::private_redis().await;
     let prefix = prefix();
     let _live = live_projector(&env, Some((&url, &prefix))).await;
     let (study, subjects, last) = load(&env, &tests::penguins()[0], 2).await;
@@ -817,15 +816,7 @@ async fn reads_go_on_while_redis_stops_and_use_it_again_when_it_returns() {
         .await;
     assert_eq!(first.status, 200);
     wait_until(Duration::from_secs(10), "Redis in use", || async {
-        query
-            .app
-            .state
-            .docs
-            .redis
-            .as_ref()
-            .unwrap()
-            .is_up()
-            .then_some(())
+        redis_up(&query).then_some(())
     })
     .await;
 
@@ -855,7 +846,7 @@ async fn reads_go_on_while_redis_stops_and_use_it_again_when_it_returns() {
     redis.kill().unwrap();
     redis.wait().unwrap();
     wait_until(Duration::from_secs(10), "Redis reported down", || async {
-        (!query.app.state.docs.redis.as_ref().unwrap().is_up()).then_some(())
+        (!redis_up(&query)).then_some(())
     })
     .await;
     let ready = query.get("/readyz", &env.reader).await;
@@ -864,15 +855,7 @@ async fn reads_go_on_while_redis_stops_and_use_it_again_when_it_returns() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut redis = start_redis(port);
     wait_until(Duration::from_secs(15), "Redis used again", || async {
-        query
-            .app
-            .state
-            .docs
-            .redis
-            .as_ref()
-            .unwrap()
-            .is_up()
-            .then_some(())
+        redis_up(&query).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;

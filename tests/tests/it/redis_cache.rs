@@ -9,7 +9,7 @@ use projector::views::Doc;
 use projector::{Projector, ProjectorConfig};
 use redis::AsyncCommands;
 use serde_json::json;
-use tests::{free_port, start_redis, wait_until};
+use tests::{start_redis, wait_until};
 use uuid::Uuid;
 
 use crate::env::Env;
@@ -156,18 +156,7 @@ async fn every_document_reaches_redis() {
 #[tokio::test]
 async fn redis_down_slows_nothing_and_is_refilled_when_it_returns() {
     let env = Env::start().await;
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}");
-    let mut redis = start_redis(port);
-    wait_until(Duration::from_secs(10), "redis to start", || async {
-        redis::Client::open(url.as_str())
-            .ok()?
-            .get_multiplexed_async_connection()
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    let (mut redis, port, url) = tests::private_redis().await;
     let prefix = prefix();
     let pool = env.db.pool().await;
     let sink = RedisSink::start(&url, prefix.clone(), pool.clone()).unwrap();
