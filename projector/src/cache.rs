@@ -20,7 +20,7 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use crate::views::{changed_after, Doc};
+use crate::views::{changed_after, checkpoint, Doc};
 
 /// Sets the document only if the stored one is older: KEYS[1] = key,
 /// ARGV[1] = position, ARGV[2] = body, ARGV[3] = study id. Answers 1 if
@@ -200,7 +200,10 @@ async fn run(
             continue;
         };
         if !synced {
-            match (read_through(c, &prefix).await, checkpoint(&pool).await) {
+            match (
+                read_through(c, &prefix).await,
+                checkpoint(&pool, crate::LIVE_SCHEMA).await,
+            ) {
                 (Ok(through), Ok(checkpoint)) => {
                     if through < checkpoint {
                         mark_dirty(&dirty_from, through);
@@ -259,16 +262,6 @@ async fn run(
     }
 }
 
-async fn checkpoint(pool: &PgPool) -> anyhow::Result<i64> {
-    let position = sqlx::query_scalar(&format!(
-        "SELECT position FROM {}.checkpoint",
-        crate::LIVE_SCHEMA
-    ))
-    .fetch_one(pool)
-    .await?;
-    Ok(position)
-}
-
 /// Writes every document changed after position `after` again, then moves
 /// the mark to the checkpoint read before the first page (every change up
 /// to it is in the pages). Answers the documents written, the mark and that
@@ -280,7 +273,7 @@ async fn refill(
     after: i64,
 ) -> anyhow::Result<(usize, i64, i64)> {
     const PAGE: i64 = 2000;
-    let upto = checkpoint(pool).await?;
+    let upto = checkpoint(pool, crate::LIVE_SCHEMA).await?;
     let mut total = 0;
     let mut key = (after, uuid::Uuid::max());
     loop {

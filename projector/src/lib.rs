@@ -65,10 +65,7 @@ impl Projector {
         js: Option<jetstream::Context>,
         config: ProjectorConfig,
     ) -> anyhow::Result<Self> {
-        let checkpoint: i64 = sqlx::query_scalar("SELECT position FROM read_model.checkpoint")
-            .fetch_one(&pool)
-            .await
-            .context("reading the projection checkpoint")?;
+        let checkpoint = views::checkpoint(&pool, LIVE_SCHEMA).await?;
         tracing::info!(checkpoint, "projector starting");
         Ok(Self {
             pool,
@@ -374,10 +371,7 @@ pub async fn apply_batch(
 ) -> anyhow::Result<Applied> {
     let mut tx = conn.begin().await.context("beginning the batch")?;
     lock_writer(&mut tx, schema).await?;
-    let checkpoint: i64 = sqlx::query_scalar(&format!("SELECT position FROM {schema}.checkpoint"))
-        .fetch_one(&mut *tx)
-        .await
-        .context("reading the checkpoint")?;
+    let checkpoint = views::checkpoint(&mut *tx, schema).await?;
     let events: Vec<&StoredEvent> = events.iter().filter(|e| e.position > checkpoint).collect();
     match events.first() {
         Some(first) if first.position == checkpoint + 1 => {}

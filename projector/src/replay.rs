@@ -10,6 +10,7 @@ use anyhow::Context;
 use shared::store::EventStore;
 use sqlx::{Connection, PgPool};
 
+use crate::views::checkpoint;
 use crate::{apply_batch, lock_writer, Applied, LIVE_SCHEMA};
 
 /// Events read and applied per transaction during a replay.
@@ -48,11 +49,7 @@ pub async fn replay_into(
         .context("reading the head of the log")?;
     let target = upto.unwrap_or(head).min(head);
     let mut conn = pool.acquire().await.context("acquiring a connection")?;
-    let mut position: i64 =
-        sqlx::query_scalar(&format!("SELECT position FROM {schema}.checkpoint"))
-            .fetch_one(&mut *conn)
-            .await
-            .context("reading the replay's checkpoint")?;
+    let mut position = checkpoint(&mut *conn, schema).await?;
     let started = Instant::now();
     let from = position;
     while position < target {
@@ -86,10 +83,7 @@ pub async fn replay_into(
 /// checkpoint, which cannot move until the transaction ends.
 async fn hold_live(tx: &mut sqlx::PgConnection) -> anyhow::Result<i64> {
     lock_writer(tx, LIVE_SCHEMA).await?;
-    sqlx::query_scalar(&format!("SELECT position FROM {LIVE_SCHEMA}.checkpoint"))
-        .fetch_one(tx)
-        .await
-        .context("reading the live checkpoint")
+    checkpoint(tx, LIVE_SCHEMA).await
 }
 
 /// Rebuilds the read models beside the live ones and switches to them once
@@ -148,9 +142,7 @@ pub async fn verify(pool: &PgPool, progress: bool) -> anyhow::Result<(i64, Optio
     let mut tx = conn.begin().await?;
     // The live tables hold still while they are compared.
     let live = hold_live(&mut tx).await?;
-    let replayed: i64 = sqlx::query_scalar(&format!("SELECT position FROM {scratch}.checkpoint"))
-        .fetch_one(&mut *tx)
-        .await?;
+    let replayed = checkpoint(&mut *tx, &scratch).await?;
     if replayed < live {
         replay_into(pool, &scratch, Some(live), false).await?;
     } else if replayed > live {

@@ -14,6 +14,18 @@ use shared::projection::{Latest, Need, ObservationView, StudyView, SubjectView, 
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+/// The checkpoint of the read tables in `schema`: the position of the last
+/// event they reflect.
+pub async fn checkpoint<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    schema: &str,
+) -> anyhow::Result<i64> {
+    sqlx::query_scalar(&format!("SELECT position FROM {schema}.checkpoint"))
+        .fetch_one(executor)
+        .await
+        .with_context(|| format!("reading the checkpoint of {schema}"))
+}
+
 /// Loads every view `events` touch.
 pub async fn load(
     conn: &mut PgConnection,

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -179,7 +179,6 @@ pub struct Cache {
     fresh_through: AtomicI64,
     /// Serialises admissions with the application of the change feed.
     admission: Mutex<()>,
-    bytes: AtomicUsize,
 }
 
 /// A change the feed reported: the key's latest version is at `position`.
@@ -197,7 +196,6 @@ impl Cache {
             hasher: Default::default(),
             fresh_through: AtomicI64::new(-1),
             admission: Mutex::new(()),
-            bytes: AtomicUsize::new(0),
         }
     }
 
@@ -255,7 +253,6 @@ impl Cache {
             metrics::counter!("query_cache_evictions_total", "reason" => "size")
                 .increment(evicted as u64);
         }
-        self.refresh_bytes();
         true
     }
 
@@ -270,8 +267,6 @@ impl Cache {
             shard.bytes += extra;
             shard.shrink(self.shard_limit);
         }
-        drop(shard);
-        self.refresh_bytes();
     }
 
     /// Applies the change feed up to `through`: evicts every entry older
@@ -298,7 +293,6 @@ impl Cache {
                 .increment(evicted);
         }
         self.fresh_through.fetch_max(through, Ordering::AcqRel);
-        self.refresh_bytes();
     }
 
     /// Forgets everything and restarts freshness at `through` (when the
@@ -312,11 +306,15 @@ impl Cache {
             shard.bytes = 0;
         }
         self.fresh_through.fetch_max(through, Ordering::AcqRel);
-        self.refresh_bytes();
     }
 
+    /// Bytes held, summed over the shards (read by the freshness task for
+    /// the `query_cache_bytes` gauge, never on a request).
     pub fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).bytes)
+            .sum()
     }
 
     pub fn len(&self) -> usize {
@@ -328,16 +326,6 @@ impl Cache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn refresh_bytes(&self) {
-        let total: usize = self
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).bytes)
-            .sum();
-        self.bytes.store(total, Ordering::Relaxed);
-        metrics::gauge!("query_cache_bytes").set(total as f64);
     }
 }
 

@@ -139,16 +139,12 @@ impl Documents {
         match held.doc {
             Some(doc) if held.through >= fresh && fresh >= 0 => {
                 hit("redis");
-                let found = Found::Doc(doc);
-                if let Key::Code(_) = key {
-                    self.cache
-                        .admit(Key::Doc(Kind::Study, id), found.clone(), held.through);
-                }
-                self.cache.admit(key.clone(), found.clone(), held.through);
-                Some(Loaded {
-                    found,
+                let loaded = Loaded {
+                    found: Found::Doc(doc),
                     current_as_of: held.through,
-                })
+                };
+                self.admit(key, &loaded);
+                Some(loaded)
             }
             Some(_) => {
                 // Redis has not caught up with what this process has seen.
@@ -165,6 +161,13 @@ impl Documents {
     async fn read_replica(&self, key: &Key) -> Result<Loaded, LoadError> {
         let loaded = self.replica.load(key).await?;
         hit("replica");
+        self.admit(key, &loaded);
+        Ok(loaded)
+    }
+
+    /// Offers what was loaded to memory; a study found by its code is also
+    /// kept under its id.
+    fn admit(&self, key: &Key, loaded: &Loaded) {
         if let (Key::Code(_), Found::Doc(doc)) = (key, &loaded.found) {
             self.cache.admit(
                 Key::Doc(Kind::Study, doc.id),
@@ -174,7 +177,6 @@ impl Documents {
         }
         self.cache
             .admit(key.clone(), loaded.found.clone(), loaded.current_as_of);
-        Ok(loaded)
     }
 }
 

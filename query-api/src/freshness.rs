@@ -143,6 +143,7 @@ impl Freshness {
         *self.lag_seconds.lock().unwrap_or_else(|e| e.into_inner()) = poll.lag_seconds;
         metrics::gauge!("query_replica_lag_seconds").set(poll.lag_seconds);
         metrics::gauge!("query_replica_checkpoint_position").set(applied as f64);
+        metrics::gauge!("query_cache_bytes").set(self.cache.bytes() as f64);
         Ok(())
     }
 

@@ -6,12 +6,6 @@ use clap::Parser;
 use query_api::config::Config;
 use query_api::App;
 
-// The read path allocates a few small buffers per request (headers, the
-// router's futures); mimalloc serves them from thread-local pages where the
-// system allocator spent a sixth of the CPU time (perf, cache-hit load).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();

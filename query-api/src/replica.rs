@@ -67,6 +67,18 @@ pub struct Page {
     pub rows: Vec<(SortKey, Uuid, Bytes)>,
 }
 
+/// The page the rows of a listing's statement make.
+fn page_of<K>(rows: Vec<PageRow<K>>, key: fn(K) -> SortKey) -> Page {
+    Page {
+        current_as_of: rows.first().map_or(0, |r| r.0),
+        study_id: rows.first().and_then(|r| r.1),
+        rows: rows
+            .into_iter()
+            .filter_map(|(_, _, k, id, body)| Some((key(k?), id?, Bytes::from(body?))))
+            .collect(),
+    }
+}
+
 /// What a listing is ordered by, after the id.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SortKey {
@@ -153,7 +165,8 @@ impl Replica {
                 };
                 let rows: Vec<PageRow<String>> =
                     sqlx::query_as(
-                        "SELECT c.position, NULL::uuid, p.code, p.id, p.body FROM read_model.checkpoint c \
+                        "SELECT c.position, '00000000-0000-0000-0000-000000000000'::uuid, p.code, p.id, p.body \
+                         FROM read_model.checkpoint c \
                          LEFT JOIN LATERAL (SELECT code, id, body FROM read_model.studies \
                            WHERE code > $1 AND ($3::uuid[] IS NULL OR id = ANY($3)) \
                            ORDER BY code LIMIT $2) p ON true",
@@ -163,16 +176,7 @@ impl Replica {
                     .bind(studies)
                     .fetch_all(&self.pool)
                     .await?;
-                Page {
-                    current_as_of: rows.first().map_or(0, |r| r.0),
-                    study_id: Some(Uuid::nil()),
-                    rows: rows
-                        .into_iter()
-                        .filter_map(|(_, _, code, id, body)| {
-                            Some((SortKey::Code(code?), id?, Bytes::from(body?)))
-                        })
-                        .collect(),
-                }
+                page_of(rows, SortKey::Code)
             }
             Listing::SubjectsOfStudy(study) => {
                 let label = match &after {
@@ -192,16 +196,7 @@ impl Replica {
                 .bind(fetch)
                 .fetch_all(&self.pool)
                 .await?;
-                Page {
-                    current_as_of: rows.first().map_or(0, |r| r.0),
-                    study_id: rows.first().and_then(|r| r.1),
-                    rows: rows
-                        .into_iter()
-                        .filter_map(|(_, _, label, id, body)| {
-                            Some((SortKey::Label(label?), id?, Bytes::from(body?)))
-                        })
-                        .collect(),
-                }
+                page_of(rows, SortKey::Label)
             }
             Listing::ObservationsOfSubject(subject) => {
                 let at = match &after {
@@ -223,16 +218,7 @@ impl Replica {
                 .bind(fetch)
                 .fetch_all(&self.pool)
                 .await?;
-                Page {
-                    current_as_of: rows.first().map_or(0, |r| r.0),
-                    study_id: rows.first().and_then(|r| r.1),
-                    rows: rows
-                        .into_iter()
-                        .filter_map(|(_, _, at, id, body)| {
-                            Some((SortKey::ObservedAt(at?), id?, Bytes::from(body?)))
-                        })
-                        .collect(),
-                }
+                page_of(rows, SortKey::ObservedAt)
             }
         };
         count_statement();

@@ -34,7 +34,11 @@ impl Env {
 
     /// Registers the first penguin season; answers its id.
     pub async fn study(&self) -> Uuid {
-        let study = &tests::penguins()[0];
+        self.register(&tests::penguins()[0]).await
+    }
+
+    /// Registers `study` (without its subjects); answers its id.
+    pub async fn register(&self, study: &benches::datasets::StudyData) -> Uuid {
         let answer = self
             .api
             .post("/v1/studies", &self.writer, &study.register_body())

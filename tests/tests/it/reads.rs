@@ -91,17 +91,7 @@ async fn load(
     study: &benches::datasets::StudyData,
     per_subject: usize,
 ) -> (Uuid, Vec<Uuid>, i64) {
-    let answer = env
-        .api
-        .post("/v1/studies", &env.writer, &study.register_body())
-        .await;
-    assert_eq!(
-        answer.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&answer.bytes)
-    );
-    let study_id = answer.id();
+    let study_id = env.register(study).await;
     let subjects: Vec<Uuid> = study.subjects.iter().map(|_| Uuid::now_v7()).collect();
     let commands = study.batch_commands(&study_id.to_string(), &subjects, per_subject);
     let mut last = 0;
@@ -842,7 +832,16 @@ async fn reads_go_on_while_redis_stops_and_use_it_again_when_it_returns() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each phase (Redis up, down, back) serves a share of the reads.
+    let served_more = |n: usize| {
+        let served = served.clone();
+        let from = served.load(Ordering::Relaxed);
+        wait_until(Duration::from_secs(10), "reads being served", move || {
+            let served = served.clone();
+            async move { (served.load(Ordering::Relaxed) >= from + n).then_some(()) }
+        })
+    };
+    served_more(100).await;
     redis.kill().unwrap();
     redis.wait().unwrap();
     wait_until(Duration::from_secs(10), "Redis reported down", || async {
@@ -852,13 +851,13 @@ async fn reads_go_on_while_redis_stops_and_use_it_again_when_it_returns() {
     let ready = query.get("/readyz", &env.reader).await;
     assert_eq!(ready.status, 200, "readiness stays green without Redis");
     assert_eq!(ready.json()["redis"], false);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    served_more(100).await;
     let mut redis = start_redis(port);
     wait_until(Duration::from_secs(15), "Redis used again", || async {
         redis_up(&query).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    served_more(100).await;
     stop.cancel();
     for r in readers {
         r.await.unwrap();
