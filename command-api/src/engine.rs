@@ -48,7 +48,16 @@ pub struct Executed {
 pub struct Engine {
     pub store: EventStore,
     pub cache: StateCache,
+    /// Tells the largest message the NATS server takes (`max_payload`).
+    nats: Option<async_nats::Client>,
 }
+
+/// Room kept in a NATS message for its headers (`Nats-Msg-Id`,
+/// `Nats-Expected-Last-Msg-Id`, the position): about 150 bytes today.
+pub const HEADER_ROOM: usize = 1024;
+
+/// NATS's default `max_payload`, assumed until the server has told its own.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// A decided command, ready to append.
 struct Prepared {
@@ -68,11 +77,25 @@ enum Step {
 type Overlay = HashMap<Uuid, Cached>;
 
 impl Engine {
-    pub fn new(store: EventStore, cache_capacity: usize) -> Self {
+    pub fn new(store: EventStore, cache_capacity: usize, nats: Option<async_nats::Client>) -> Self {
         Self {
             store,
             cache: StateCache::new(cache_capacity),
+            nats,
         }
+    }
+
+    /// The longest published form an event may have: what the NATS server
+    /// takes less room for the headers. A longer event is refused before it
+    /// is written, since it could never be published (and would stop the
+    /// publisher at its position).
+    pub fn max_event_bytes(&self) -> usize {
+        let told = self
+            .nats
+            .as_ref()
+            .map_or(0, |c| c.server_info().max_payload);
+        let max_payload = if told == 0 { DEFAULT_MAX_PAYLOAD } else { told };
+        max_payload.saturating_sub(HEADER_ROOM)
     }
 
     pub async fn execute(
@@ -259,6 +282,10 @@ impl Engine {
         fresh: bool,
         overlay: Option<&Overlay>,
     ) -> Result<Step, ApiError> {
+        // Scope first, so that no answer below (409, 422) tells a limited
+        // token anything about another study's records.
+        self.authorize(command, &meta.principal, meta.server_made_id)
+            .await?;
         let (written_kind, written_id) = command.written();
         let mut study = None;
         let mut subject = None;
@@ -317,14 +344,7 @@ impl Engine {
                 .or(observation.as_ref())
                 .map(|s| s.state.study_id()),
         };
-        if let Some(study_id) = study_id {
-            if !meta.principal.may_access_study(study_id) {
-                return Err(shared::problem::Problem::forbidden(
-                    "the token is not valid for this study",
-                )
-                .into());
-            }
-        }
+        within_scope(command, &meta.principal, meta.server_made_id, study_id)?;
 
         let base = match written_kind {
             AggregateKind::Study => study.clone(),
@@ -378,17 +398,57 @@ impl Engine {
             events,
             guards,
             claims,
-            actor: meta.principal.id.clone(),
+            actor: meta.principal.id.to_string(),
             reason: command.reason().map(str::to_owned),
             correlation_id: meta.correlation_id.clone(),
             causation_id: meta.causation_id.clone(),
             idempotency: meta.idempotency.clone(),
         };
+        let published = request.published_len_bound();
+        let limit = self.max_event_bytes();
+        if published > limit {
+            metrics::counter!("commands_too_large_total").increment(1);
+            return Err(shared::problem::Problem::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "event-too-large",
+                "The event would be too large to publish",
+                format!(
+                    "this command makes an event of up to {published} bytes; the event log publishes at most {limit} bytes per event"
+                ),
+            )
+            .into());
+        }
         Ok(Step::Ready(Box::new(Prepared {
             request,
             base,
             base_from_memory: from_memory && !fresh,
         })))
+    }
+
+    /// Whether `principal` may make `command` as far as study scope goes,
+    /// judged on the stored records as a new request would be (an
+    /// `Idempotency-Key` replay is authorized with this, so that a stored
+    /// answer is never shown to a token that may not make the request).
+    pub async fn authorize(
+        &self,
+        command: &Command,
+        principal: &Principal,
+        server_made_id: bool,
+    ) -> Result<(), ApiError> {
+        if principal.studies.is_none() {
+            return Ok(());
+        }
+        let study_id = match command {
+            Command::RegisterStudy(c) => Some(c.study_id),
+            other => match other.target() {
+                Some((_, id)) => self
+                    .lookup(id, false, None)
+                    .await?
+                    .map(|c| c.state.study_id()),
+                None => None,
+            },
+        };
+        within_scope(command, principal, server_made_id, study_id)
     }
 
     /// The state of `id` if it is an aggregate of `kind`. An id taken by
@@ -464,6 +524,37 @@ impl Engine {
     }
 }
 
+/// The study-scope rule: a token limited by its `studies` claim registers
+/// only studies named there (with their id in the body), and sees every
+/// record of another study exactly as if it did not exist: the `404` an
+/// unknown id gets. `study_id` is the study of the addressed record, when
+/// it exists.
+fn within_scope(
+    command: &Command,
+    principal: &Principal,
+    server_made_id: bool,
+    study_id: Option<Uuid>,
+) -> Result<(), ApiError> {
+    if principal.studies.is_none() {
+        return Ok(());
+    }
+    if let Command::RegisterStudy(c) = command {
+        if server_made_id || !principal.may_access_study(c.study_id) {
+            return Err(shared::problem::Problem::forbidden(
+                "a token limited to some studies registers only those studies, named by study_id",
+            )
+            .into());
+        }
+        return Ok(());
+    }
+    match (study_id, command.target()) {
+        (Some(study), Some((kind, id))) if !principal.may_access_study(study) => {
+            Err(DomainError::NotFound { kind, id }.into())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn stale(command: &Command) -> ApiError {
     AppendError::Conflict {
         aggregate_id: command.written().1,
@@ -482,7 +573,7 @@ fn fold_onto(
 ) -> Result<Cached, ApiError> {
     let mut state = base.map(|c| (*c.state).clone());
     let event_meta = EventMeta {
-        actor: meta.principal.id.clone(),
+        actor: meta.principal.id.to_string(),
         recorded_at: at,
         reason: command.reason().map(str::to_owned),
     };

@@ -66,6 +66,13 @@ impl ApiError {
                 "Already taken",
                 format!("{scope} {key:?} is already taken"),
             ),
+            Self::Append(AppendError::Refused { correlation_id }) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "refused-by-event-store",
+                "The event store refused this command",
+                "the event store refused to store this command's data; nothing of it was written",
+            )
+            .with("correlation_id", correlation_id.clone()),
             Self::Append(AppendError::Closed) => {
                 Problem::unavailable("the service is shutting down")
             }

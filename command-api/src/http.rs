@@ -35,6 +35,8 @@ pub struct AppState {
     pub engine: Engine,
     pub auth: Authenticator,
     pub nats: async_nats::Client,
+    /// The outbox publisher's progress (red readiness when it is stuck).
+    pub publishing: Arc<shared::loop_health::LoopHealth>,
     pub request_timeout: Duration,
     pub metrics: Option<shared::telemetry::PrometheusHandle>,
 }
@@ -93,8 +95,10 @@ async fn readyz(State(state): State<Shared>) -> Response {
     .await;
     let db_ok = matches!(db, Ok(Ok(_)));
     let nats_ok = state.nats.connection_state() == async_nats::connection::State::Connected;
-    let body = json!({"postgres": db_ok, "nats": nats_ok}).to_string();
-    let status = if db_ok && nats_ok {
+    let publishing = state.publishing.report();
+    let publishing_ok = state.publishing.is_ok();
+    let body = json!({"postgres": db_ok, "nats": nats_ok, "publisher": publishing}).to_string();
+    let status = if db_ok && nats_ok && publishing_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -324,21 +328,31 @@ fn replay(status: u16, body: Vec<u8>) -> Response {
     response
 }
 
-/// Claims the key (when there is one), or answers for it.
-async fn claim_key(
+/// Claims the key (when there is one), or answers for it. A stored answer
+/// is replayed only once `authorized` says this token may make the request
+/// now (its roles and studies may have changed since).
+async fn claim_key<F, Fut>(
     state: &AppState,
     principal: &Principal,
     key: Option<&str>,
     method: &Method,
     path: &str,
     body: &[u8],
-) -> Result<(), Response> {
+    authorized: F,
+) -> Result<(), Response>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Problem>>,
+{
     let Some(key) = key else { return Ok(()) };
     let hash = idempotency::request_hash(method.as_str(), path, body);
     let lease = state.request_timeout + Duration::from_secs(30);
     match idempotency::claim(state.engine.store.pool(), &principal.id, key, &hash, lease).await {
         Ok(Claimed::Fresh) => Ok(()),
-        Ok(Claimed::Replay { status, body }) => Err(replay(status, body)),
+        Ok(Claimed::Replay { status, body }) => match authorized().await {
+            Ok(()) => Err(replay(status, body)),
+            Err(problem) => Err(problem.into_response()),
+        },
         Ok(Claimed::Mismatch) => Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency-key-reused",
@@ -417,7 +431,27 @@ async fn single(
         Ok(p) => p,
         Err(problem) => return problem.into_response(),
     };
-    if let Err(response) = claim_key(state, &principal, key.as_deref(), method, path, &bytes).await
+    let authorized = || async {
+        // A body that does not parse was refused for that, as it would be now.
+        let Ok(parsed) = input::parse_bytes(kind, target, &bytes) else {
+            return Ok(());
+        };
+        state
+            .engine
+            .authorize(&parsed.command, &principal, parsed.server_made_id)
+            .await
+            .map_err(|e| e.to_problem())
+    };
+    if let Err(response) = claim_key(
+        state,
+        &principal,
+        key.as_deref(),
+        method,
+        path,
+        &bytes,
+        authorized,
+    )
+    .await
     {
         return response;
     }
@@ -438,7 +472,7 @@ async fn single(
     };
     let meta = CommandMeta {
         idempotency: key.as_ref().map(|key| IdempotencyCompletion {
-            principal: principal.id.clone(),
+            principal: principal.id.to_string(),
             key: key.clone(),
             status: status.as_u16(),
         }),
@@ -508,6 +542,7 @@ pub async fn batch(
         Ok(p) => p,
         Err(problem) => return problem.into_response(),
     };
+    let authorized = || authorize_batch(&state, &principal, &bytes);
     if let Err(response) = claim_key(
         &state,
         &principal,
@@ -515,6 +550,7 @@ pub async fn batch(
         &method,
         uri.path(),
         &bytes,
+        authorized,
     )
     .await
     {
@@ -546,6 +582,45 @@ pub async fn batch(
     json_response(status, body, position)
 }
 
+/// Whether the stored answer of a batch may be shown to `principal`: only
+/// when it could make every item of it now (role and study scope); items
+/// that do not parse were refused for that, as they would be now.
+async fn authorize_batch(
+    state: &AppState,
+    principal: &Principal,
+    bytes: &[u8],
+) -> Result<(), Problem> {
+    let Ok(batch) = input::parse_batch(bytes) else {
+        return Ok(());
+    };
+    for item in batch.commands.into_iter().take(MAX_BATCH) {
+        let Ok(parsed) = input::parse_item(item) else {
+            continue;
+        };
+        let allowed = principal.has(role_of(&parsed.command))
+            && state
+                .engine
+                .authorize(&parsed.command, principal, parsed.server_made_id)
+                .await
+                .is_ok();
+        if !allowed {
+            return Err(Problem::forbidden(
+                "the answer stored for this Idempotency-Key holds commands this token may not make",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The role a parsed command needs.
+fn role_of(command: &shared::domain::Command) -> Role {
+    if matches!(command, shared::domain::Command::SignObservation { .. }) {
+        Role::Reviewer
+    } else {
+        Role::Writer
+    }
+}
+
 /// Runs a batch; answers the body of `{results}` and the highest position.
 async fn run_batch(
     state: &AppState,
@@ -571,15 +646,7 @@ async fn run_batch(
         .enumerate()
         .map(|(index, item)| {
             let parsed = input::parse_item(item)?;
-            let kind_role = if matches!(
-                parsed.command,
-                shared::domain::Command::SignObservation { .. }
-            ) {
-                Role::Reviewer
-            } else {
-                Role::Writer
-            };
-            principal.require(kind_role)?;
+            principal.require(role_of(&parsed.command))?;
             Ok((
                 parsed.command,
                 CommandMeta {

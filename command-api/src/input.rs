@@ -1,17 +1,18 @@
 //! Request bodies: the JSON shapes of the contract (unknown fields refused),
-//! turned into domain commands. A body that is not JSON is a `400`; JSON of
-//! the wrong shape is a `422` naming each offending field.
-
-use std::collections::BTreeMap;
+//! turned into domain commands. Every text is parsed here, once, into the
+//! domain's value objects (`shared::domain::text`). A body that is not UTF-8
+//! JSON is a `400`; JSON of the wrong shape or with a value that breaks a
+//! field's rule is a `422` naming the field.
 
 use chrono::{DateTime, Utc};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use shared::domain::text::excerpt;
 use shared::domain::{
-    AmendStudy, Command, CorrectObservation, FieldError, RecordObservation, RegisterStudy,
-    RegisterSubject, SignatureMeaning, StudyCode, Variable, MAX_ATTRIBUTES, MAX_SHORT_TEXT,
-    MAX_TEXT,
+    AmendStudy, Attributes, Command, CorrectObservation, FieldError, FreeText, Label, NewVariable,
+    ObservationValues, PersonName, Reason, RecordObservation, RegisterStudy, RegisterSubject,
+    SignatureMeaning, StudyCode,
 };
 use shared::problem::Problem;
 use uuid::Uuid;
@@ -52,33 +53,33 @@ impl Kind {
 pub struct RegisterStudyBody {
     study_id: Option<Uuid>,
     code: StudyCode,
-    title: String,
-    principal_investigator: String,
-    description: Option<String>,
-    variables: Vec<Variable>,
+    title: FreeText,
+    principal_investigator: PersonName,
+    description: Option<FreeText>,
+    variables: Vec<NewVariable>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmendStudyBody {
-    title: Option<String>,
-    description: Option<String>,
-    add_variables: Option<Vec<Variable>>,
-    reason: String,
+    title: Option<FreeText>,
+    description: Option<FreeText>,
+    add_variables: Option<Vec<NewVariable>>,
+    reason: Reason,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
-    reason: String,
+    reason: Reason,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterSubjectBody {
     subject_id: Option<Uuid>,
-    label: String,
-    attributes: Option<Map<String, Value>>,
+    label: Label,
+    attributes: Option<Attributes>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -86,15 +87,15 @@ pub struct RegisterSubjectBody {
 pub struct RecordObservationBody {
     observation_id: Option<Uuid>,
     observed_at: DateTime<Utc>,
-    values: BTreeMap<String, Value>,
-    comment: Option<String>,
+    values: ObservationValues,
+    comment: Option<FreeText>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorrectObservationBody {
-    values: BTreeMap<String, Value>,
-    reason: String,
+    values: ObservationValues,
+    reason: Reason,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -112,6 +113,7 @@ pub struct Parsed {
 
 /// Parses the body of a single command addressed to `target`.
 pub fn parse_bytes(kind: Kind, target: Option<Uuid>, body: &[u8]) -> Result<Parsed, Problem> {
+    check_utf8(body)?;
     let result = match kind {
         Kind::RegisterStudy => from_slice(body).and_then(register_study),
         Kind::AmendStudy => from_slice(body).and_then(|b| amend_study(target, b)),
@@ -142,7 +144,7 @@ pub fn parse_item(item: Value) -> Result<Parsed, Problem> {
                 "unknown command type",
                 vec![FieldError::new(
                     "type",
-                    format!("{name:?} is not a command type"),
+                    format!("{:?} is not a command type", excerpt(&name)),
                 )],
             )
         })?,
@@ -204,15 +206,27 @@ pub struct BatchBody {
 }
 
 pub fn parse_batch(body: &[u8]) -> Result<BatchBody, Problem> {
+    check_utf8(body)?;
     from_slice(body).map_err(|e| e.into_problem(body))
+}
+
+/// A body must be UTF-8 throughout (RFC 8259 §8.1), strings included:
+/// judged before any field, so that bad bytes are a `400` wherever they are.
+fn check_utf8(body: &[u8]) -> Result<(), Problem> {
+    std::str::from_utf8(body).map(|_| ()).map_err(|e| {
+        Problem::bad_request(format!(
+            "the body is not UTF-8 (invalid bytes at offset {})",
+            e.valid_up_to()
+        ))
+    })
 }
 
 pub enum InputError {
     /// Trailing bytes after the JSON value (400).
     NotJson(serde_json::Error),
-    /// Refused by serde: syntax (400) or shape (422).
+    /// Refused by serde: not JSON (400) or not the shape (422).
     Serde(serde_path_to_error::Error<serde_json::Error>),
-    /// Refused by the length and shape checks below (422).
+    /// Refused by the checks below (422).
     Fields(Vec<FieldError>),
 }
 
@@ -222,12 +236,11 @@ impl InputError {
             Self::NotJson(e) => Problem::bad_request(format!("the body is not valid JSON: {e}")),
             Self::Serde(e) => {
                 let inner = e.inner();
-                let not_json = matches!(
-                    inner.classify(),
-                    serde_json::error::Category::Syntax | serde_json::error::Category::Eof
-                ) || serde_json::from_slice::<IgnoredAny>(body).is_err();
-                if not_json {
-                    return Problem::bad_request(format!("the body is not valid JSON: {inner}"));
+                // Whether the body is JSON at all is a question of its
+                // syntax alone: serde reports some shape errors (an array
+                // where an enum's name belongs) as syntax errors.
+                if let Err(syntax) = serde_json::from_slice::<IgnoredAny>(body) {
+                    return Problem::bad_request(format!("the body is not valid JSON: {syntax}"));
                 }
                 let message = inner.to_string();
                 let message = message
@@ -258,24 +271,15 @@ fn from_value<T: DeserializeOwned>(body: Value) -> Result<T, InputError> {
     serde_path_to_error::deserialize(body).map_err(InputError::Serde)
 }
 
-/// Collects length and shape errors of free-text fields.
+/// Collects the errors of fields that must say something (bounds and
+/// characters were checked by their types).
 #[derive(Default)]
 struct Checks(Vec<FieldError>);
 
 impl Checks {
-    fn required(&mut self, field: &str, value: &str, max: usize) {
+    fn required(&mut self, field: &str, value: &str) {
         if value.trim().is_empty() {
-            self.0.push(FieldError::new(field, "must not be empty"));
-        }
-        self.optional(field, Some(value), max);
-    }
-
-    fn optional(&mut self, field: &str, value: Option<&str>, max: usize) {
-        if value.is_some_and(|v| v.len() > max) {
-            self.0.push(FieldError::new(
-                field,
-                format!("must be at most {max} bytes"),
-            ));
+            self.0.push(FieldError::new(field, "must not be blank"));
         }
     }
 
@@ -303,13 +307,8 @@ fn target_of(target: Option<Uuid>) -> Uuid {
 
 fn register_study(b: RegisterStudyBody) -> Result<Parsed, InputError> {
     let mut checks = Checks::default();
-    checks.required("title", &b.title, MAX_SHORT_TEXT);
-    checks.required(
-        "principal_investigator",
-        &b.principal_investigator,
-        MAX_SHORT_TEXT,
-    );
-    checks.optional("description", b.description.as_deref(), MAX_TEXT);
+    checks.required("title", &b.title);
+    checks.required("principal_investigator", &b.principal_investigator);
     let (study_id, server_made_id) = new_id(b.study_id);
     checks.finish(
         Command::RegisterStudy(RegisterStudy {
@@ -327,10 +326,8 @@ fn register_study(b: RegisterStudyBody) -> Result<Parsed, InputError> {
 fn amend_study(target: Option<Uuid>, b: AmendStudyBody) -> Result<Parsed, InputError> {
     let mut checks = Checks::default();
     if let Some(title) = &b.title {
-        checks.required("title", title, MAX_SHORT_TEXT);
+        checks.required("title", title);
     }
-    checks.optional("description", b.description.as_deref(), MAX_TEXT);
-    checks.optional("reason", Some(&b.reason), MAX_TEXT);
     checks.finish(
         Command::AmendStudy(AmendStudy {
             study_id: target_of(target),
@@ -355,33 +352,8 @@ fn close_study(target: Option<Uuid>, b: ReasonBody) -> Parsed {
 
 fn register_subject(target: Option<Uuid>, b: RegisterSubjectBody) -> Result<Parsed, InputError> {
     let mut checks = Checks::default();
-    checks.required("label", &b.label, MAX_SHORT_TEXT);
+    checks.required("label", &b.label);
     let attributes = b.attributes.unwrap_or_default();
-    if attributes.len() > MAX_ATTRIBUTES {
-        checks.0.push(FieldError::new(
-            "attributes",
-            format!("at most {MAX_ATTRIBUTES} attributes"),
-        ));
-    }
-    for (key, value) in &attributes {
-        if key.is_empty() || key.len() > 64 {
-            checks.0.push(FieldError::new(
-                format!("attributes.{key}"),
-                "a name is 1 to 64 bytes",
-            ));
-        }
-        match value {
-            Value::Array(_) | Value::Object(_) => checks.0.push(FieldError::new(
-                format!("attributes.{key}"),
-                "must be a string, number, boolean or null",
-            )),
-            Value::String(s) if s.len() > 1000 => checks.0.push(FieldError::new(
-                format!("attributes.{key}"),
-                "must be at most 1000 bytes",
-            )),
-            _ => {}
-        }
-    }
     let (subject_id, server_made_id) = new_id(b.subject_id);
     checks.finish(
         Command::RegisterSubject(RegisterSubject {
@@ -408,10 +380,8 @@ fn record_observation(
     target: Option<Uuid>,
     b: RecordObservationBody,
 ) -> Result<Parsed, InputError> {
-    let mut checks = Checks::default();
-    checks.optional("comment", b.comment.as_deref(), MAX_TEXT);
     let (observation_id, server_made_id) = new_id(b.observation_id);
-    checks.finish(
+    Checks::default().finish(
         Command::RecordObservation(RecordObservation {
             subject_id: target_of(target),
             observation_id,
@@ -427,9 +397,7 @@ fn correct_observation(
     target: Option<Uuid>,
     b: CorrectObservationBody,
 ) -> Result<Parsed, InputError> {
-    let mut checks = Checks::default();
-    checks.optional("reason", Some(&b.reason), MAX_TEXT);
-    checks.finish(
+    Checks::default().finish(
         Command::CorrectObservation(CorrectObservation {
             observation_id: target_of(target),
             values: b.values,
@@ -498,6 +466,80 @@ mod tests {
         let body = br#"{"study_id":"not-a-uuid","code":"X","title":"t","principal_investigator":"p","variables":[]}"#;
         let p = parse_bytes(Kind::RegisterStudy, None, body).unwrap_err();
         assert_eq!(p.errors[0].field, "study_id");
+    }
+
+    #[test]
+    fn json_of_the_wrong_type_for_an_enum_is_422_not_400() {
+        for body in [
+            &br#"{"meaning": null}"#[..],
+            br#"{"meaning": ["approved"]}"#,
+            br#"{"meaning": {"approved": 1}}"#,
+            br#"{"meaning": 3}"#,
+        ] {
+            let p = parse_bytes(Kind::SignObservation, Some(Uuid::nil()), body).unwrap_err();
+            assert_eq!(
+                p.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(p.errors[0].field.starts_with("meaning"), "{:?}", p.errors);
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_400_wherever_it_is() {
+        let mut body = br#"{"unknown": 1, "reason": "bad "#.to_vec();
+        body.extend_from_slice(&[0xff, 0xfe]);
+        body.extend_from_slice(br#""}"#);
+        let p = parse_bytes(Kind::CloseStudy, Some(Uuid::nil()), &body).unwrap_err();
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        assert!(parse_batch(&body).is_err_and(|p| p.status == StatusCode::BAD_REQUEST));
+    }
+
+    #[test]
+    fn every_text_is_checked_and_named_when_refused() {
+        let cases: [(Kind, &[u8], &str); 7] = [
+            (Kind::RegisterSubject, br#"{"label": "poison\u0000label"}"#, "label"),
+            (Kind::RegisterSubject, br#"{"label": "ok", "attributes": {"k\u0001": 1}}"#, "attributes"),
+            (Kind::RetractObservation, br#"{"reason": "nul \u0000"}"#, "reason"),
+            (Kind::CloseStudy, br#"{"reason": "esc \u001b[31m"}"#, "reason"),
+            (
+                Kind::RecordObservation,
+                br#"{"observed_at": "2007-11-11T00:00:00Z", "values": {"x": "a\u0000"}}"#,
+                "values",
+            ),
+            (
+                Kind::RecordObservation,
+                br#"{"observed_at": "2007-11-11T00:00:00Z", "values": {"x": 1}, "comment": "\u0007"}"#,
+                "comment",
+            ),
+            (
+                Kind::RegisterStudy,
+                br#"{"code": "C", "title": "t", "principal_investigator": "p", "variables": [{"name": "s", "kind": "categorical", "categories": ["a\u0000"]}]}"#,
+                "variables[0].categories[0]",
+            ),
+        ];
+        for (kind, body, field) in cases {
+            let p = parse_bytes(kind, Some(Uuid::nil()), body).unwrap_err();
+            assert_eq!(
+                p.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{field}: {}",
+                p.detail
+            );
+            assert_eq!(p.errors[0].field, field, "{:?}", p.errors);
+        }
+        let long_reason = format!(r#"{{"reason": "{}"}}"#, "r".repeat(16 * 1024 + 1));
+        let p =
+            parse_bytes(Kind::CloseStudy, Some(Uuid::nil()), long_reason.as_bytes()).unwrap_err();
+        assert_eq!(p.errors[0].field, "reason");
+        let ok = parse_bytes(
+            Kind::CloseStudy,
+            Some(Uuid::nil()),
+            br#"{"reason": "two\nlines\tand a tab"}"#,
+        );
+        assert!(ok.is_ok());
     }
 
     #[test]

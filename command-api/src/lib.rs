@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shared::auth::Authenticator;
+use shared::loop_health::LoopHealth;
 use shared::store::{AppenderConfig, EventStore};
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
@@ -89,11 +90,13 @@ impl App {
             },
         );
         let stop_background = CancellationToken::new();
+        let publishing = Arc::new(LoopHealth::new("publisher"));
         let publisher = tokio::spawn(publisher::run(
             pool.clone(),
             js,
             publisher_config,
             store.committed(),
+            publishing.clone(),
             stop_background.clone(),
         ));
         let housekeeping = tokio::spawn(purge_idempotency_keys(
@@ -101,13 +104,14 @@ impl App {
             stop_background.clone(),
         ));
         let state = Arc::new(AppState {
-            engine: Engine::new(store, config.state_cache),
+            engine: Engine::new(store, config.state_cache, Some(nats.clone())),
             auth: Authenticator::new(
                 config.jwt_secret.as_bytes(),
                 config.jwt_issuer.as_deref(),
                 config.jwt_audience.as_deref(),
             ),
             nats,
+            publishing,
             request_timeout: config.request_timeout,
             metrics: shared::telemetry::install_metrics(),
         });

@@ -9,11 +9,13 @@
 //! skip or repeat one; after any failure the publisher reads the stream's
 //! last message and resumes after it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::{self, context::Publish, stream};
 use shared::envelope::StoredEvent;
+use shared::loop_health::LoopHealth;
 use shared::store::EventStore;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
@@ -59,15 +61,16 @@ pub fn subject_of(prefix: &str, event: &StoredEvent) -> String {
 }
 
 /// Runs until `shutdown`, then publishes what is already committed (for a
-/// few seconds at most) and returns.
+/// few seconds at most) and returns. A publisher that cannot make progress
+/// says so through `health` (readiness, metrics, one log line per retry).
 pub async fn run(
     pool: PgPool,
     js: jetstream::Context,
     config: PublisherConfig,
     committed: broadcast::Sender<Committed>,
+    health: Arc<LoopHealth>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let leader = tokio::select! {
             leader = become_leader(&pool) => leader,
@@ -84,38 +87,40 @@ pub async fn run(
                 continue;
             }
             Err(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "publisher cannot reach PostgreSQL; retrying"
-                );
+                let retry_in = health.failed(health.position(), &error);
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(retry_in) => {}
                     () = shutdown.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         tracing::info!(stream = config.stream, "publishing events to JetStream");
         // Subscribed before reading the tail, so no commit falls between.
-        match publish(&pool, &js, &config, committed.subscribe(), &shutdown).await {
-            Ok(()) => {
-                drop(conn);
-                return;
-            }
-            Err(error) => {
-                metrics::counter!("outbox_publish_failures_total").increment(1);
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "publishing failed; resuming from the stream's tail"
-                );
-                drop(conn);
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.cancelled() => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+        let mut published = None;
+        let outcome = publish(
+            &pool,
+            &js,
+            &config,
+            committed.subscribe(),
+            &health,
+            &mut published,
+            &shutdown,
+        )
+        .await;
+        drop(conn);
+        let Err(error) = outcome else { return };
+        metrics::counter!("outbox_publish_failures_total").increment(1);
+        // The backlog is the log's head less what the stream holds, whatever
+        // the failure: an alert on it sees a publisher that is stuck.
+        let at = published.unwrap_or(0);
+        if let Ok(head) = head_position(&pool).await {
+            metrics::gauge!("outbox_backlog_events").set((head - at).max(0) as f64);
+        }
+        let retry_in = health.failed(at, &error.context("publishing to JetStream"));
+        tokio::select! {
+            () = tokio::time::sleep(retry_in) => {}
+            () = shutdown.cancelled() => {}
         }
     }
 }
@@ -134,6 +139,14 @@ async fn become_leader(pool: &PgPool) -> anyhow::Result<Option<sqlx::PgConnectio
         .await
         .context("taking the publishing lock")?;
     Ok(won.then_some(conn))
+}
+
+/// The newest position of the log.
+async fn head_position(pool: &PgPool) -> anyhow::Result<i64> {
+    sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+        .fetch_one(pool)
+        .await
+        .context("reading the head of the log")
 }
 
 async fn save_checkpoint(pool: &PgPool, position: i64) -> anyhow::Result<()> {
@@ -246,11 +259,15 @@ impl Feed {
     }
 }
 
+/// Publishes until `shutdown`; `published` follows the newest position
+/// the stream holds, for the caller to report when this fails.
 async fn publish(
     pool: &PgPool,
     js: &jetstream::Context,
     config: &PublisherConfig,
     committed: broadcast::Receiver<Committed>,
+    health: &LoopHealth,
+    published: &mut Option<i64>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut feed = Feed {
@@ -270,6 +287,7 @@ async fn publish(
         // An empty (new or purged) stream: resume after the checkpoint.
         None => (checkpoint, None),
     };
+    *published = Some(last_position);
     let mut drain_deadline = None;
     let mut checkpoint_saved = tokio::time::Instant::now();
     let mut read_store = true;
@@ -346,6 +364,8 @@ async fn publish(
                 .with_context(|| format!("JetStream refused position {position}"))?;
         }
         last_position = batch.last().map_or(last_position, |e| e.position);
+        *published = Some(last_position);
+        health.progressed(last_position);
         // The stream's tail is the real checkpoint; this copy only matters
         // after a purge, so it is saved at most once a second.
         if checkpoint_saved.elapsed() >= Duration::from_secs(1) || drain_deadline.is_some() {

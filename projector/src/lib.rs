@@ -15,7 +15,6 @@ pub mod cache;
 pub mod replay;
 pub mod views;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
 use shared::envelope::StoredEvent;
+use shared::loop_health::LoopHealth;
 use shared::store::EventStore;
 use sqlx::{Connection, PgPool};
 
@@ -56,7 +56,8 @@ pub struct Projector {
     head_reported: Option<Instant>,
     /// NATS failed: read only the store until then.
     nats_retry_at: Option<Instant>,
-    pub healthy: Arc<AtomicBool>,
+    /// Whether the last step made progress, for `/readyz` and metrics.
+    pub health: Arc<LoopHealth>,
 }
 
 impl Projector {
@@ -76,7 +77,7 @@ impl Projector {
             redis: None,
             head_reported: None,
             nats_retry_at: None,
-            healthy: Arc::new(AtomicBool::new(true)),
+            health: Arc::new(LoopHealth::new("projector")),
         })
     }
 
@@ -301,26 +302,18 @@ impl Projector {
 
     /// Steps until `shutdown`, finishing the current batch first.
     pub async fn run(mut self, shutdown: tokio_util::sync::CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             // A started batch is finished, never abandoned half-way.
             match self.step().await {
-                Ok(_) => {
-                    self.healthy.store(true, Ordering::Relaxed);
-                    backoff = Duration::from_millis(100);
-                }
+                Ok(_) => self.health.progressed(self.checkpoint),
                 Err(error) => {
-                    self.healthy.store(false, Ordering::Relaxed);
-                    tracing::error!(
-                        error = format!("{error:#}"),
-                        checkpoint = self.checkpoint,
-                        "projection step failed"
-                    );
+                    // Stuck after the checkpoint: the next event is the one
+                    // that cannot be applied (or the store is unreachable).
+                    let retry_in = self.health.failed(self.checkpoint, &error);
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(retry_in) => {}
                         () = shutdown.cancelled() => break,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -1,15 +1,16 @@
 //! `projector` binary: keeps the read models up to date until SIGTERM.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use clap::Parser;
 use projector::{Projector, ProjectorConfig};
+use serde_json::json;
+use shared::problem::Problem;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -119,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
         .context("configuring Redis")?;
         projector.with_redis(sink)
     };
-    let healthy = projector.healthy.clone();
+    let health = projector.health.clone();
     let shutdown = CancellationToken::new();
     let ready_pool = pool.clone();
     let router = Router::new()
@@ -127,13 +128,17 @@ async fn main() -> anyhow::Result<()> {
         .route(
             "/readyz",
             get(move || {
-                let (pool, healthy) = (ready_pool.clone(), healthy.clone());
+                let (pool, health) = (ready_pool.clone(), health.clone());
                 async move {
                     let db = sqlx::query("SELECT 1").execute(&pool).await.is_ok();
-                    if db && healthy.load(Ordering::Relaxed) {
-                        (StatusCode::OK, "ready")
+                    let projection = health.report();
+                    if db && health.is_ok() {
+                        Json(json!({"postgres": db, "projection": projection})).into_response()
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                        Problem::unavailable("the projector cannot make progress")
+                            .with("postgres", db)
+                            .with("projection", projection)
+                            .into_response()
                     }
                 }
             }),

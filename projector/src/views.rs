@@ -300,7 +300,7 @@ pub async fn store(
             .unwrap_or_default();
         ids.push(s.state.id);
         study_ids.push(s.state.study_id);
-        labels.push(s.state.label.clone());
+        labels.push(sort_key_text(&s.state.label));
         states.push(serde_json::to_vec(s)?);
         bodies.push(s.document(variables).to_string().into_bytes());
         positions.push(s.position);
@@ -378,6 +378,14 @@ pub async fn store(
         .await
         .context("moving the checkpoint")?;
     Ok(docs)
+}
+
+/// A text as a `text` column can hold it, for columns that only order rows
+/// (the label a page of subjects is sorted by): PostgreSQL's `text` refuses
+/// NUL, which the log may hold in events written before text was checked at
+/// the edge. The document itself (`body`, bytes) keeps the text exactly.
+pub fn sort_key_text(raw: &str) -> String {
+    raw.replace('\0', "\u{FFFD}")
 }
 
 /// `(kind, id, study id, code, position, body)` of a stored document.

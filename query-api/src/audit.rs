@@ -53,6 +53,37 @@ fn auditor(principal: Result<Principal, Problem>) -> Result<Principal, Problem> 
     crate::http::require(principal, Role::Auditor)
 }
 
+/// An auditor whose token is not limited to some studies: what speaks for
+/// the whole log (its head, the chain over a range) is not for the others.
+fn unlimited_auditor(principal: Result<Principal, Problem>) -> Result<Principal, Problem> {
+    let principal = auditor(principal)?;
+    if principal.studies.is_some() {
+        return Err(Problem::forbidden(
+            "this speaks for the whole log: it needs an auditor token not limited to some studies",
+        ));
+    }
+    Ok(principal)
+}
+
+/// The study of an aggregate's stream, if it has one and the principal may
+/// see it; otherwise the `404` an unknown stream gets.
+async fn visible_stream(
+    state: &QueryState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<Uuid, Problem> {
+    let study: Option<Uuid> = sqlx::query_scalar(
+        "SELECT study_id FROM events WHERE aggregate_id = $1 ORDER BY stream_version LIMIT 1",
+    )
+    .bind(id)
+    .fetch_optional(pool(state))
+    .await
+    .map_err(internal)?;
+    study
+        .filter(|s| principal.may_access_study(*s))
+        .ok_or_else(|| Problem::not_found(format!("there is no stream {id}")))
+}
+
 fn pool(state: &QueryState) -> &PgPool {
     state.docs.replica.pool()
 }
@@ -114,17 +145,23 @@ pub async fn events(
     principal: Result<Principal, Problem>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
-    auditor(principal)?;
+    let principal = auditor(principal)?;
     let after = int_param(&params, "after", 0, 0, i64::MAX)?;
     let limit = int_param(&params, "limit", 1000, 1, MAX_EXPORT)?;
     let pool = pool(&state).clone();
+    // A limited auditor gets the events of its studies only.
+    let studies = principal.studies.clone();
     let pages = futures::stream::unfold((after, limit), move |(after, left)| {
-        let pool = pool.clone();
+        let (pool, studies) = (pool.clone(), studies.clone());
         async move {
             if left <= 0 {
                 return None;
             }
-            match EventStore::read_after(&pool, after, PAGE.min(left)).await {
+            let page = match &studies {
+                None => EventStore::read_after(&pool, after, PAGE.min(left)).await,
+                Some(studies) => read_after_in(&pool, studies, after, PAGE.min(left)).await,
+            };
+            match page {
                 Ok(page) if page.is_empty() => None,
                 Ok(page) => {
                     let last = page.last().map_or(after, |e| e.position);
@@ -137,6 +174,26 @@ pub async fn events(
     Ok(ndjson(pages))
 }
 
+/// Up to `limit` events of `studies` after `after`, in position order.
+async fn read_after_in(
+    pool: &PgPool,
+    studies: &[Uuid],
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<StoredEvent>> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE study_id = ANY($1) AND position > $2 \
+         ORDER BY position LIMIT $3"
+    );
+    sqlx::query(&sql)
+        .bind(studies)
+        .bind(after)
+        .bind(limit)
+        .try_map(|row: PgRow| event_from_row(&row))
+        .fetch_all(pool)
+        .await
+}
+
 /// One aggregate's events in order, as NDJSON.
 #[utoipa::path(get, path = "/v1/audit/streams/{id}/events", params(("id" = Uuid, Path)),
     responses((status = 200, description = "NDJSON", content_type = "application/x-ndjson")),
@@ -146,9 +203,10 @@ pub async fn stream_events(
     principal: Result<Principal, Problem>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    auditor(principal)?;
+    let principal = auditor(principal)?;
     let id = Uuid::parse_str(&id)
         .map_err(|_| Problem::bad_request("the id in the path is not a UUID"))?;
+    visible_stream(&state, &principal, id).await?;
     let pool = pool(&state).clone();
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 AND stream_version > $2 \
@@ -190,7 +248,7 @@ pub async fn observation_as_of(
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
-    auditor(principal)?;
+    let principal = auditor(principal)?;
     let id = Uuid::parse_str(&id)
         .map_err(|_| Problem::bad_request("the id in the path is not a UUID"))?;
     let as_of = match params.get("as_of") {
@@ -215,7 +273,9 @@ pub async fn observation_as_of(
         observation = Some(apply(observation, &event, &e.meta()).map_err(internal)?);
     }
     match (observation, events.last()) {
-        (Some(AggregateState::Observation(o)), Some(last)) => {
+        (Some(AggregateState::Observation(o)), Some(last))
+            if principal.may_access_study(o.study_id) =>
+        {
             let body = ObservationView {
                 state: o,
                 position: last.position,
@@ -238,7 +298,7 @@ pub async fn head(
     State(state): State<Shared>,
     principal: Result<Principal, Problem>,
 ) -> Result<Response, Problem> {
-    auditor(principal)?;
+    unlimited_auditor(principal)?;
     let row: Option<(i64, Vec<u8>)> =
         sqlx::query_as("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
             .fetch_optional(pool(&state))
@@ -258,7 +318,7 @@ pub async fn verify(
     principal: Result<Principal, Problem>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
-    auditor(principal)?;
+    unlimited_auditor(principal)?;
     let from = int_param(&params, "from", 1, 1, i64::MAX)?;
     let to = int_param(&params, "to", i64::MAX, 1, i64::MAX)?;
     if to < from {

@@ -124,12 +124,11 @@ async fn document(
     let principal = require(principal, Role::Reader)?;
     let min = consistency(state, headers).await?;
     let (found, _) = state.docs.get(&key, min).await.map_err(load_problem)?;
-    let Found::Doc(doc) = found else {
-        return Err(Problem::not_found(format!("there is no such {what}")));
+    // Another study's document is, to a limited token, no document at all.
+    let doc = match found {
+        Found::Doc(doc) if principal.may_access_study(doc.study_id) => doc,
+        _ => return Err(Problem::not_found(format!("there is no such {what}"))),
     };
-    if !principal.may_access_study(doc.study_id) {
-        return Err(Problem::forbidden("the token is not valid for this study"));
-    }
     Ok(respond(state, &key, &doc, headers))
 }
 
@@ -254,17 +253,10 @@ pub async fn study_by_code(
     Path(code): Path<String>,
     request: Request,
 ) -> Result<Response, Problem> {
-    if code.is_empty() || code.len() > 200 {
-        return Err(Problem::bad_request("a study code has 1 to 200 bytes"));
-    }
-    document(
-        &state,
-        principal,
-        request.headers(),
-        Key::Code(code),
-        "study",
-    )
-    .await
+    let code = shared::domain::StudyCode::parse(&code)
+        .map_err(|rule| Problem::bad_request(format!("the study code in the path {rule}")))?;
+    let key = Key::Code(code.as_str().to_owned());
+    document(&state, principal, request.headers(), key, "study").await
 }
 
 /// A subject: attributes, status, latest values and statistics.
@@ -317,16 +309,15 @@ async fn page(
         .page(listing, after, limit, principal.studies.as_deref())
         .await
         .map_err(|e| load_problem(e.into()))?;
-    match (listing, page.study_id) {
-        (Listing::Studies, _) => {}
-        (Listing::SubjectsOfStudy(_), None) => {
+    // The parent of another study is, to a limited token, no parent at all.
+    let visible = page.study_id.is_some_and(|s| principal.may_access_study(s));
+    match listing {
+        Listing::Studies => {}
+        Listing::SubjectsOfStudy(_) if !visible => {
             return Err(Problem::not_found("there is no such study"))
         }
-        (Listing::ObservationsOfSubject(_), None) => {
+        Listing::ObservationsOfSubject(_) if !visible => {
             return Err(Problem::not_found("there is no such subject"))
-        }
-        (_, Some(study)) if !principal.may_access_study(study) => {
-            return Err(Problem::forbidden("the token is not valid for this study"))
         }
         _ => {}
     }
@@ -403,11 +394,9 @@ pub async fn export_study(
         .get(&Key::Doc(Kind::Study, id), min)
         .await
         .map_err(load_problem)?;
-    let Found::Doc(study) = found else {
-        return Err(Problem::not_found("there is no such study"));
-    };
-    if !principal.may_access_study(study.study_id) {
-        return Err(Problem::forbidden("the token is not valid for this study"));
+    match found {
+        Found::Doc(study) if principal.may_access_study(study.study_id) => {}
+        _ => return Err(Problem::not_found("there is no such study")),
     }
     let lines = state.docs.replica.export(id);
     Ok((

@@ -5,7 +5,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike as _, Utc};
 use shared::problem::Problem;
 use uuid::Uuid;
 
@@ -54,13 +54,25 @@ pub fn decode_cursor(listing: Listing, raw: &str) -> Result<(SortKey, Uuid), Pro
         return Err(invalid());
     }
     let id = Uuid::parse_str(id).map_err(|_| invalid())?;
+    // A cursor is a client's text: its key must be one a row can have (a
+    // valid code, a label as the read table stores it, a time a command can
+    // record), or the statement it feeds would be refused by PostgreSQL.
     let key = match listing {
-        Listing::Studies => SortKey::Code(key.to_owned()),
-        Listing::SubjectsOfStudy(_) => SortKey::Label(key.to_owned()),
+        Listing::Studies => SortKey::Code(
+            shared::domain::StudyCode::parse(key)
+                .map_err(|_| invalid())?
+                .as_str()
+                .to_owned(),
+        ),
+        Listing::SubjectsOfStudy(_) if key.len() <= 4 * 1024 && !key.contains('\0') => {
+            SortKey::Label(key.to_owned())
+        }
+        Listing::SubjectsOfStudy(_) => return Err(invalid()),
         Listing::ObservationsOfSubject(_) => SortKey::ObservedAt(
             key.parse::<i64>()
                 .ok()
                 .and_then(DateTime::<Utc>::from_timestamp_micros)
+                .filter(|at| (0..=9999).contains(&at.year()))
                 .ok_or_else(invalid)?,
         ),
     };
@@ -134,6 +146,32 @@ mod tests {
             decode_cursor(listing, &cursor).unwrap(),
             (SortKey::ObservedAt(at), id)
         );
+    }
+
+    #[test]
+    fn hand_made_cursors_with_keys_no_row_can_have_are_refused() {
+        let study = Uuid::now_v7();
+        let id = Uuid::now_v7();
+        let forge = |tag: &str, parent: Uuid, key: &str| {
+            URL_SAFE_NO_PAD.encode(format!("{tag}|{parent}|{id}|{key}"))
+        };
+        let subjects = Listing::SubjectsOfStudy(study);
+        assert!(decode_cursor(subjects, &forge("su", study, "N1\0A1")).is_err());
+        assert!(decode_cursor(subjects, &forge("su", study, "N1A1")).is_ok());
+        let observations = Listing::ObservationsOfSubject(study);
+        let year_minus_5000 = -220_000_000_000_000_000_i64;
+        for key in [
+            year_minus_5000.to_string(),
+            i64::MAX.to_string(),
+            "x".into(),
+        ] {
+            assert!(
+                decode_cursor(observations, &forge("ob", study, &key)).is_err(),
+                "{key}"
+            );
+        }
+        assert!(decode_cursor(Listing::Studies, &forge("st", Uuid::nil(), "bad code")).is_err());
+        assert!(decode_cursor(Listing::Studies, &forge("st", Uuid::nil(), "PAL0708")).is_ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::PrincipalId;
 use crate::problem::Problem;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,8 @@ pub struct Claims {
     pub roles: Vec<String>,
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub studies: Option<Vec<Uuid>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
@@ -58,16 +61,16 @@ pub struct Claims {
 /// The authenticated caller: the actor recorded on every event it causes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub id: String,
+    pub id: PrincipalId,
     roles: u8,
     /// The studies the token is limited to; `None` means all.
     pub studies: Option<Vec<Uuid>>,
 }
 
 impl Principal {
-    pub fn new(id: impl Into<String>, roles: &[Role], studies: Option<Vec<Uuid>>) -> Self {
+    pub fn new(id: PrincipalId, roles: &[Role], studies: Option<Vec<Uuid>>) -> Self {
         Self {
-            id: id.into(),
+            id,
             roles: roles.iter().fold(0, |acc, r| acc | r.bit()),
             studies,
         }
@@ -118,6 +121,7 @@ impl Authenticator {
         let audience = audience.filter(|s| !s.is_empty());
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
         validation.leeway = 30;
         if let Some(iss) = issuer {
             validation.set_issuer(&[iss]);
@@ -167,6 +171,7 @@ impl Authenticator {
                 use jsonwebtoken::errors::ErrorKind;
                 let why = match e.kind() {
                     ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
                     ErrorKind::InvalidSignature => "the token's signature does not verify",
                     ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
                     ErrorKind::MissingRequiredClaim(_) => {
@@ -179,13 +184,10 @@ impl Authenticator {
                 Problem::unauthorized(why)
             })?;
         let claims = data.claims;
-        if claims.sub.is_empty() || claims.sub.len() > 256 {
-            return Err(Problem::unauthorized(
-                "the token's sub must be 1 to 256 bytes",
-            ));
-        }
+        let id = PrincipalId::parse(claims.sub)
+            .map_err(|e| Problem::unauthorized(format!("the token's sub {e}")))?;
         let roles: Vec<Role> = claims.roles.iter().filter_map(|r| Role::parse(r)).collect();
-        let principal = Principal::new(claims.sub, &roles, claims.studies);
+        let principal = Principal::new(id, &roles, claims.studies);
         let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());
         if verified.len() >= VERIFIED_TOKENS {
             verified.clear();
@@ -249,6 +251,7 @@ pub fn claims_for(sub: &str, roles: &[Role], ttl_seconds: i64) -> Claims {
             .filter_map(|r| serde_json::to_value(r).ok()?.as_str().map(str::to_owned))
             .collect(),
         exp: chrono::Utc::now().timestamp() + ttl_seconds,
+        nbf: None,
         studies: None,
         iss: None,
         aud: None,
@@ -266,14 +269,14 @@ mod tests {
         let auth = Authenticator::new(SECRET, None, None);
         let token = mint(SECRET, &claims_for("alice", &[Role::Writer], 60));
         let p = auth.authenticate(Some(&format!("Bearer {token}"))).unwrap();
-        assert_eq!(p.id, "alice");
+        assert_eq!(p.id.as_str(), "alice");
         assert!(p.has(Role::Writer));
         assert!(!p.has(Role::Reviewer));
     }
 
     #[test]
     fn admin_holds_every_role() {
-        let p = Principal::new("root", &[Role::Admin], None);
+        let p = Principal::new(PrincipalId::parse("root").unwrap(), &[Role::Admin], None);
         assert!(p.has(Role::Reviewer) && p.has(Role::Auditor));
     }
 
@@ -310,6 +313,30 @@ mod tests {
     }
 
     #[test]
+    fn a_sub_with_a_control_character_or_too_long_is_refused() {
+        let auth = Authenticator::new(SECRET, None, None);
+        for sub in ["nul\0sub", "tab\tsub", "", &"x".repeat(257)] {
+            let token = mint(SECRET, &claims_for(sub, &[Role::Writer], 60));
+            let refused = auth.authenticate(Some(&format!("Bearer {token}")));
+            assert_eq!(refused.map_err(|p| p.status.as_u16()), Err(401), "{sub:?}");
+        }
+        let token = mint(SECRET, &claims_for(&"é".repeat(256), &[Role::Writer], 60));
+        assert!(auth.authenticate(Some(&format!("Bearer {token}"))).is_ok());
+    }
+
+    #[test]
+    fn a_token_is_refused_before_its_nbf() {
+        let auth = Authenticator::new(SECRET, None, None);
+        let mut claims = claims_for("a", &[Role::Reader], 3600);
+        claims.nbf = Some(chrono::Utc::now().timestamp() + 600);
+        let early = mint(SECRET, &claims);
+        assert!(auth.authenticate(Some(&format!("Bearer {early}"))).is_err());
+        claims.nbf = Some(chrono::Utc::now().timestamp() - 10);
+        let ripe = mint(SECRET, &claims);
+        assert!(auth.authenticate(Some(&format!("Bearer {ripe}"))).is_ok());
+    }
+
+    #[test]
     fn a_remembered_token_still_expires() {
         let auth = Authenticator::new(SECRET, None, None);
         let now = SystemTime::now()
@@ -321,7 +348,10 @@ mod tests {
         let remembered = |exp| {
             auth.verified.write().unwrap().insert(
                 "not.a.token".into(),
-                (Principal::new("x", &[Role::Reader], None), exp),
+                (
+                    Principal::new(PrincipalId::parse("x").unwrap(), &[Role::Reader], None),
+                    exp,
+                ),
             );
         };
         remembered(now + 60);

@@ -132,6 +132,39 @@ impl StoredEvent {
         serde_json::to_string(&ce).expect("a cloud event always serializes")
     }
 
+    /// The largest length the CloudEvents JSON of an event with these
+    /// fields can have, whatever position, version, ids and time it gets
+    /// when it is appended (each of those has a fixed widest form).
+    pub fn cloud_event_len_bound(
+        event_type: &str,
+        data: &str,
+        actor: &str,
+        reason: Option<&str>,
+        correlation_id: &str,
+        causation_id: &str,
+    ) -> usize {
+        let widest = Self {
+            position: i64::MAX,
+            event_id: Uuid::nil(),
+            aggregate_type: String::new(),
+            aggregate_id: Uuid::nil(),
+            stream_version: i64::MAX,
+            study_id: Uuid::nil(),
+            event_type: event_type.to_owned(),
+            schema_version: 1,
+            data: "0".to_owned(),
+            actor: actor.to_owned(),
+            reason: reason.map(str::to_owned),
+            correlation_id: correlation_id.to_owned(),
+            causation_id: causation_id.to_owned(),
+            recorded_at: DateTime::<Utc>::MAX_UTC,
+            prevhash: [0; 32],
+            hash: [0; 32],
+        };
+        // `data` is embedded as it is stored (a raw JSON value).
+        widest.to_cloud_event().len() - 1 + data.len()
+    }
+
     /// Parses the CloudEvents JSON back into the stored event, keeping the
     /// exact bytes of `data` so that the hash can be recomputed.
     pub fn from_cloud_event(json: &str) -> Result<Self, CloudEventError> {
@@ -257,6 +290,27 @@ mod tests {
         };
         e.hash = e.compute_hash();
         e
+    }
+
+    #[test]
+    fn the_published_length_bound_holds_at_any_position() {
+        let mut e = sample();
+        e.data = r#"{"label":"a \"quoted\" é label"}"#.into();
+        e.reason = Some("a \\ reason with \"quotes\"\ttab".into());
+        let bound = StoredEvent::cloud_event_len_bound(
+            &e.event_type,
+            &e.data,
+            &e.actor,
+            e.reason.as_deref(),
+            &e.correlation_id,
+            &e.causation_id,
+        );
+        for position in [1, 999_999, i64::MAX] {
+            e.position = position;
+            e.stream_version = position;
+            assert!(e.to_cloud_event().len() <= bound, "{position}");
+        }
+        assert!(bound - e.to_cloud_event().len() < 16, "the bound is tight");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`api_doc`]: schemas shared by the OpenAPI documents;
 //! - [`auth`]: bearer JWT validation and minting;
 //! - [`http`]: the layers and fallbacks every HTTP service uses;
+//! - [`loop_health`]: how a worker loop that cannot progress says so;
 //! - [`redis_layout`]: the Redis keys the projector writes and the query API
 //!   reads;
 //! - [`config`]: parsing helpers for the services' settings;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod domain;
 pub mod envelope;
 pub mod http;
+pub mod loop_health;
 pub mod problem;
 pub mod projection;
 pub mod redis_layout;

@@ -66,6 +66,27 @@ pub struct AppendRequest {
     pub idempotency: Option<IdempotencyCompletion>,
 }
 
+impl AppendRequest {
+    /// The largest published form (CloudEvents JSON) any of its events can
+    /// have once appended.
+    pub fn published_len_bound(&self) -> usize {
+        self.events
+            .iter()
+            .map(|event| {
+                StoredEvent::cloud_event_len_bound(
+                    event.event_type(),
+                    &event.to_data(),
+                    &self.actor,
+                    self.reason.as_deref(),
+                    &self.correlation_id,
+                    &self.causation_id,
+                )
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 /// What an accepted request wrote.
 #[derive(Debug, Clone)]
 pub struct Appended {
@@ -90,6 +111,11 @@ pub enum AppendError {
     },
     #[error("{scope} {key:?} is already taken")]
     ClaimTaken { scope: &'static str, key: String },
+    /// PostgreSQL refused this request's rows when it was written alone (a
+    /// value no check before the database caught); the cause is logged
+    /// under `correlation_id`.
+    #[error("the event store refused the request's data (correlation id {correlation_id})")]
+    Refused { correlation_id: String },
     #[error("the event store failed: {0}")]
     Store(Arc<anyhow::Error>),
     #[error("the event store is shutting down")]
@@ -312,51 +338,149 @@ async fn run_appender(
         };
         let requests: Vec<&AppendRequest> = jobs.iter().flat_map(|j| j.requests.iter()).collect();
         let started = Instant::now();
-        let outcome = match &mut conn {
-            Some(c) => write_batch(c, &requests).await,
-            None => match PgConnection::connect_with(&options).await {
-                Ok(c) => write_batch(conn.insert(c), &requests).await,
-                Err(e) => {
-                    Err(anyhow::Error::new(e).context("connecting the appender to PostgreSQL"))
-                }
-            },
+        let connected = match &mut conn {
+            Some(c) => Ok(c),
+            None => PgConnection::connect_with(&options)
+                .await
+                .map(|c| conn.insert(c))
+                .map_err(|e| {
+                    anyhow::Error::new(e).context("connecting the appender to PostgreSQL")
+                }),
         };
-        metrics::histogram!("event_store_append_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("event_store_append_batch_requests").record(requests.len() as f64);
-        let mut results = match outcome {
-            Ok(results) => {
-                let events: Vec<StoredEvent> = results
-                    .iter()
-                    .filter_map(|r| r.as_ref().ok())
-                    .flat_map(|a| a.events.iter().cloned())
-                    .collect();
-                if !events.is_empty() {
-                    // Nobody listening (no publisher in this process) is fine.
-                    let _ = committed.send(Arc::new(events));
+        let results = match connected {
+            Ok(c) => {
+                let (results, broken) = write_isolating(c, &requests).await;
+                if broken {
+                    // The connection's state is unknown: start afresh next time.
+                    if let Some(c) = conn.take() {
+                        let _ = c.close().await;
+                    }
                 }
                 results
             }
             Err(error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    batch_len = requests.len(),
-                    "append batch failed"
-                );
-                // The connection's state is unknown: start afresh next time.
-                if let Some(c) = conn.take() {
-                    let _ = c.close().await;
-                }
-                let error = Arc::new(error);
-                vec![Err(AppendError::Store(error)); requests.len()]
+                tracing::error!(error = format!("{error:#}"), "appender cannot connect");
+                vec![Err(AppendError::Store(Arc::new(error))); requests.len()]
             }
+        };
+        metrics::histogram!("event_store_append_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("event_store_append_batch_requests").record(requests.len() as f64);
+        let events: Vec<StoredEvent> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .flat_map(|a| a.events.iter().cloned())
+            .collect();
+        if !events.is_empty() {
+            // Nobody listening (no publisher in this process) is fine.
+            let _ = committed.send(Arc::new(events));
         }
-        .into_iter();
+        let mut results = results.into_iter();
         for job in jobs {
             let answer: Vec<_> = results.by_ref().take(job.requests.len()).collect();
             // The caller may have given up (timeout); its events stand.
             let _ = job.reply.send(answer);
         }
     }
+}
+
+/// Writes `requests` in order, isolating refusals: when PostgreSQL refuses
+/// the rows of a batch (a data or integrity error), the transaction is
+/// rolled back and each half is written on its own, down to the one request
+/// that the database refuses, which alone fails with
+/// [`AppendError::Refused`]; every other request commits as if it had come
+/// alone. Any other fault fails the requests not yet written and reports the
+/// connection as broken (`true`); those already committed keep their
+/// answers.
+async fn write_isolating(
+    conn: &mut PgConnection,
+    requests: &[&AppendRequest],
+) -> (Vec<Result<Appended, AppendError>>, bool) {
+    let mut results = Vec::with_capacity(requests.len());
+    let mut pending = std::collections::VecDeque::from([requests]);
+    while let Some(chunk) = pending.pop_front() {
+        let error = match write_batch(conn, chunk).await {
+            Ok(written) => {
+                results.extend(written);
+                continue;
+            }
+            Err(error) => error,
+        };
+        let refusal = refusal_of(&error);
+        let rolled_back = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_ok();
+        match refusal {
+            Some(refusal) if rolled_back => {
+                metrics::counter!("event_store_append_refusals_total").increment(1);
+                if let [request] = chunk {
+                    results.push(Err(refused(request, refusal, &error)));
+                } else {
+                    tracing::warn!(
+                        batch_len = chunk.len(),
+                        "the event store refused a batch; writing its halves apart"
+                    );
+                    let (left, right) = chunk.split_at(chunk.len() / 2);
+                    pending.push_front(right);
+                    pending.push_front(left);
+                }
+            }
+            _ => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    batch_len = chunk.len(),
+                    "append batch failed"
+                );
+                let error = Arc::new(error);
+                let left = requests.len() - results.len();
+                results.extend(std::iter::repeat_n(Err(AppendError::Store(error)), left));
+                return (results, true);
+            }
+        }
+    }
+    (results, false)
+}
+
+/// How PostgreSQL refused a batch, when it refused its data rather than
+/// failed: SQLSTATE classes 22 (data exception), 23 (integrity constraint)
+/// and 54 (program limit, such as an index row too large).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Another row holds this stream version: a concurrent writer.
+    StreamVersionTaken,
+    Data,
+}
+
+fn refusal_of(error: &anyhow::Error) -> Option<Refusal> {
+    let db = error
+        .chain()
+        .find_map(|e| match e.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => Some(db),
+            _ => None,
+        })?;
+    if db.constraint() == Some("events_stream_version_key") {
+        return Some(Refusal::StreamVersionTaken);
+    }
+    let class = db.code()?;
+    ["22", "23", "54"]
+        .iter()
+        .any(|c| class.starts_with(c))
+        .then_some(Refusal::Data)
+}
+
+fn refused(request: &AppendRequest, refusal: Refusal, cause: &anyhow::Error) -> AppendError {
+    if refusal == Refusal::StreamVersionTaken {
+        return AppendError::Conflict {
+            aggregate_id: request.aggregate_id,
+            expected: request.expected_version,
+            actual: -1,
+        };
+    }
+    let correlation_id = Uuid::now_v7().to_string();
+    tracing::error!(
+        correlation_id,
+        error = format!("{cause:#}"),
+        aggregate_id = %request.aggregate_id,
+        "the event store refused one request's data; the others of its batch were written"
+    );
+    AppendError::Refused { correlation_id }
 }
 
 /// Quotes a string as an SQL literal (only the appender's own values, which

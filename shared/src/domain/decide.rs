@@ -1,10 +1,9 @@
 //! Commands and `decide`: the domain rules of the contract as one pure
 //! function from (states, command) to new events or a typed refusal.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::events::{
@@ -14,38 +13,43 @@ use super::events::{
 use super::state::{
     ObservationState, ObservationStatus, StudyState, StudyStatus, SubjectState, SubjectStatus,
 };
-use super::values::{SignatureMeaning, StudyCode, Variable};
+use super::text::{FreeText, Label, PersonName, Reason};
+use super::values::{
+    Attributes, NewVariable, ObservationValues, SignatureMeaning, StudyCode, Variable,
+};
 
-pub const MAX_TEXT: usize = 10_000;
-pub const MAX_SHORT_TEXT: usize = 500;
+/// Most variables of one study.
 pub const MAX_VARIABLES: usize = 1_000;
-pub const MAX_ATTRIBUTES: usize = 100;
+
+// Commands hold only parsed values (`text.rs`, `values.rs`): a command
+// cannot carry text that the event store, the read tables or the published
+// messages could not hold.
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegisterStudy {
     pub study_id: Uuid,
     pub code: StudyCode,
-    pub title: String,
-    pub principal_investigator: String,
-    pub description: Option<String>,
-    pub variables: Vec<Variable>,
+    pub title: FreeText,
+    pub principal_investigator: PersonName,
+    pub description: Option<FreeText>,
+    pub variables: Vec<NewVariable>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AmendStudy {
     pub study_id: Uuid,
-    pub title: Option<String>,
-    pub description: Option<String>,
-    pub add_variables: Vec<Variable>,
-    pub reason: String,
+    pub title: Option<FreeText>,
+    pub description: Option<FreeText>,
+    pub add_variables: Vec<NewVariable>,
+    pub reason: Reason,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegisterSubject {
     pub study_id: Uuid,
     pub subject_id: Uuid,
-    pub label: String,
-    pub attributes: Map<String, Value>,
+    pub label: Label,
+    pub attributes: Attributes,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,15 +57,15 @@ pub struct RecordObservation {
     pub subject_id: Uuid,
     pub observation_id: Uuid,
     pub observed_at: DateTime<Utc>,
-    pub values: BTreeMap<String, Value>,
-    pub comment: Option<String>,
+    pub values: ObservationValues,
+    pub comment: Option<FreeText>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CorrectObservation {
     pub observation_id: Uuid,
-    pub values: BTreeMap<String, Value>,
-    pub reason: String,
+    pub values: ObservationValues,
+    pub reason: Reason,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,18 +74,18 @@ pub enum Command {
     AmendStudy(AmendStudy),
     CloseStudy {
         study_id: Uuid,
-        reason: String,
+        reason: Reason,
     },
     RegisterSubject(RegisterSubject),
     WithdrawSubject {
         subject_id: Uuid,
-        reason: String,
+        reason: Reason,
     },
     RecordObservation(RecordObservation),
     CorrectObservation(CorrectObservation),
     RetractObservation {
         observation_id: Uuid,
-        reason: String,
+        reason: Reason,
     },
     SignObservation {
         observation_id: Uuid,
@@ -129,11 +133,11 @@ impl Command {
     /// The reason recorded in the envelope, for the commands that need one.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Self::AmendStudy(c) => Some(&c.reason),
+            Self::AmendStudy(c) => Some(c.reason.as_str()),
             Self::CloseStudy { reason, .. }
             | Self::WithdrawSubject { reason, .. }
-            | Self::RetractObservation { reason, .. } => Some(reason),
-            Self::CorrectObservation(c) => Some(&c.reason),
+            | Self::RetractObservation { reason, .. } => Some(reason.as_str()),
+            Self::CorrectObservation(c) => Some(c.reason.as_str()),
             _ => None,
         }
     }
@@ -280,16 +284,19 @@ pub fn decide(
             Ok(vec![DomainEvent::StudyRegistered(StudyRegistered {
                 study_id: c.study_id,
                 code: c.code.clone(),
-                title: c.title.clone(),
-                principal_investigator: c.principal_investigator.clone(),
-                description: c.description.clone(),
-                variables: c.variables.clone(),
+                title: c.title.to_string(),
+                principal_investigator: c.principal_investigator.to_string(),
+                description: c.description.as_ref().map(ToString::to_string),
+                variables: c.variables.iter().map(NewVariable::to_variable).collect(),
             })])
         }
         Command::AmendStudy(c) => {
             let study = open_study(states.study, c.study_id)?;
-            let changes_title = c.title.as_ref().is_some_and(|t| *t != study.title);
-            let changes_description = c.description.is_some() && c.description != study.description;
+            let changes_title = c.title.as_ref().is_some_and(|t| **t != study.title);
+            let changes_description = c
+                .description
+                .as_ref()
+                .is_some_and(|d| study.description.as_deref() != Some(d.as_str()));
             if !changes_title && !changes_description && c.add_variables.is_empty() {
                 return Err(DomainError::rule(
                     Rule::NothingChanged,
@@ -298,9 +305,21 @@ pub fn decide(
             }
             check_new_variables(&c.add_variables, &study.variables, "add_variables")?;
             Ok(vec![DomainEvent::StudyAmended(StudyAmended {
-                title: c.title.clone().filter(|_| changes_title),
-                description: c.description.clone().filter(|_| changes_description),
-                add_variables: c.add_variables.clone(),
+                title: c
+                    .title
+                    .as_ref()
+                    .filter(|_| changes_title)
+                    .map(ToString::to_string),
+                description: c
+                    .description
+                    .as_ref()
+                    .filter(|_| changes_description)
+                    .map(ToString::to_string),
+                add_variables: c
+                    .add_variables
+                    .iter()
+                    .map(NewVariable::to_variable)
+                    .collect(),
             })])
         }
         Command::CloseStudy { study_id, .. } => {
@@ -327,8 +346,8 @@ pub fn decide(
             Ok(vec![DomainEvent::SubjectRegistered(SubjectRegistered {
                 subject_id: c.subject_id,
                 study_id: c.study_id,
-                label: c.label.clone(),
-                attributes: c.attributes.clone(),
+                label: c.label.to_string(),
+                attributes: c.attributes.as_map().clone(),
             })])
         }
         Command::WithdrawSubject { subject_id, .. } => {
@@ -369,8 +388,8 @@ pub fn decide(
                     study_id: study.id,
                     subject_id: subject.id,
                     observed_at: c.observed_at,
-                    values: c.values.clone(),
-                    comment: c.comment.clone(),
+                    values: c.values.to_map(),
+                    comment: c.comment.as_ref().map(ToString::to_string),
                 },
             )])
         }
@@ -380,7 +399,7 @@ pub fn decide(
             check_values(study, &c.values)?;
             if c.values
                 .iter()
-                .all(|(name, value)| observation.values.get(name) == Some(value))
+                .all(|(name, value)| observation.values.get(name.as_str()) == Some(value))
             {
                 return Err(DomainError::rule(
                     Rule::NothingChanged,
@@ -389,7 +408,7 @@ pub fn decide(
             }
             Ok(vec![DomainEvent::ObservationCorrected(
                 ObservationCorrected {
-                    values: c.values.clone(),
+                    values: c.values.to_map(),
                 },
             )])
         }
@@ -404,10 +423,12 @@ pub fn decide(
             meaning,
         } => {
             let observation = live_observation(states.observation, *observation_id, "signed")?;
-            if *meaning == SignatureMeaning::Approved && observation.last_author == actor {
+            if *meaning == SignatureMeaning::Approved
+                && observation.authors.iter().any(|a| a == actor)
+            {
                 return Err(DomainError::rule(
                     Rule::SelfApproval,
-                    "an approval needs a signer other than the one who recorded or last corrected the observation",
+                    "an approval needs a signer who neither recorded nor corrected the observation",
                 ));
             }
             if observation
@@ -460,7 +481,7 @@ fn live_observation<'a>(
 }
 
 fn check_new_variables(
-    new: &[Variable],
+    new: &[NewVariable],
     existing: &[Variable],
     field: &str,
 ) -> Result<(), DomainError> {
@@ -507,7 +528,7 @@ fn check_new_variables(
     }
 }
 
-fn check_values(study: &StudyState, values: &BTreeMap<String, Value>) -> Result<(), DomainError> {
+fn check_values(study: &StudyState, values: &ObservationValues) -> Result<(), DomainError> {
     if values.is_empty() {
         return Err(DomainError::fields(
             Rule::NoValues,
@@ -517,8 +538,8 @@ fn check_values(study: &StudyState, values: &BTreeMap<String, Value>) -> Result<
     }
     let mut unknown = Vec::new();
     let mut misfits = Vec::new();
-    for (name, value) in values {
-        match study.variable(name) {
+    for (name, value) in values.iter() {
+        match study.variable(name.as_str()) {
             None => unknown.push(FieldError::new(
                 format!("values.{name}"),
                 "the study declares no such variable",

@@ -4,6 +4,7 @@
 mod decide;
 mod events;
 mod state;
+pub mod text;
 mod values;
 
 #[cfg(test)]
@@ -11,7 +12,7 @@ mod tests;
 
 pub use decide::{
     decide, AmendStudy, Command, CorrectObservation, DomainError, FieldError, RecordObservation,
-    RegisterStudy, RegisterSubject, Rule, States, MAX_ATTRIBUTES, MAX_SHORT_TEXT, MAX_TEXT,
+    RegisterStudy, RegisterSubject, Rule, States, MAX_VARIABLES,
 };
 pub use events::{
     AggregateKind, DomainEvent, Empty, EventDecodeError, ObservationCorrected, ObservationRecorded,
@@ -21,4 +22,11 @@ pub use state::{
     apply, AggregateState, ApplyError, EventMeta, ObservationState, ObservationStatus, Signature,
     StudyState, StudyStatus, SubjectState, SubjectStatus,
 };
-pub use values::{SignatureMeaning, StudyCode, Variable, VariableKind, VariableName};
+pub use text::{
+    AttributeKey, AttributeText, Category, FreeText, Label, PersonName, PrincipalId, Reason,
+    TextError, Unit,
+};
+pub use values::{
+    Attributes, NewVariable, ObservationValues, SignatureMeaning, StudyCode, Variable,
+    VariableKind, VariableName, MAX_ATTRIBUTES, MAX_CATEGORIES,
+};

@@ -91,8 +91,10 @@ pub struct ObservationState {
     pub signatures: Vec<Signature>,
     pub recorded_by: String,
     pub recorded_at: DateTime<Utc>,
-    /// Who recorded or last corrected the values (the two-person rule).
-    pub last_author: String,
+    /// Who recorded or corrected the values, each once (an approval needs
+    /// a signer who is none of them).
+    #[serde(default)]
+    pub authors: Vec<String>,
     pub last_changed_by: String,
     pub last_changed_at: DateTime<Utc>,
     pub last_change_reason: Option<String>,
@@ -207,7 +209,7 @@ pub fn apply(
                 signatures: Vec::new(),
                 recorded_by: meta.actor.clone(),
                 recorded_at: meta.recorded_at,
-                last_author: meta.actor.clone(),
+                authors: vec![meta.actor.clone()],
                 last_changed_by: meta.actor.clone(),
                 last_changed_at: meta.recorded_at,
                 last_change_reason: None,
@@ -221,7 +223,9 @@ pub fn apply(
             o.status = ObservationStatus::Corrected;
             o.corrections += 1;
             o.signatures.clear();
-            o.last_author = meta.actor.clone();
+            if !o.authors.contains(&meta.actor) {
+                o.authors.push(meta.actor.clone());
+            }
             touch(&mut o, meta);
             AggregateState::Observation(o)
         }

@@ -91,8 +91,8 @@ const STUDY: u128 = 1;
 const SUBJECT: u128 = 2;
 const OBSERVATION: u128 = 3;
 
-fn variable(name: &str, kind: VariableKind) -> Variable {
-    Variable {
+fn variable(name: &str, kind: VariableKind) -> NewVariable {
+    NewVariable {
         name: VariableName::parse(name).unwrap(),
         kind,
         unit: None,
@@ -102,12 +102,12 @@ fn variable(name: &str, kind: VariableKind) -> Variable {
     }
 }
 
-fn penguin_variables() -> Vec<Variable> {
+fn penguin_variables() -> Vec<NewVariable> {
     let mut mass = variable("body_mass_g", VariableKind::Integer);
     mass.min = Some(0.0);
     mass.max = Some(10_000.0);
     let mut sex = variable("sex", VariableKind::Categorical);
-    sex.categories = Some(vec!["MALE".into(), "FEMALE".into()]);
+    sex.categories = Some(vec!["MALE".parse().unwrap(), "FEMALE".parse().unwrap()]);
     vec![
         variable("culmen_length_mm", VariableKind::Numeric),
         mass,
@@ -119,8 +119,8 @@ fn register_study() -> Command {
     Command::RegisterStudy(RegisterStudy {
         study_id: id(STUDY),
         code: StudyCode::parse("PAL0708").unwrap(),
-        title: "Palmer penguins 2007-08".into(),
-        principal_investigator: "Kristen Gorman".into(),
+        title: "Palmer penguins 2007-08".parse().unwrap(),
+        principal_investigator: "Kristen Gorman".parse().unwrap(),
         description: None,
         variables: penguin_variables(),
     })
@@ -130,16 +130,17 @@ fn register_subject() -> Command {
     Command::RegisterSubject(RegisterSubject {
         study_id: id(STUDY),
         subject_id: id(SUBJECT),
-        label: "N1A1".into(),
-        attributes: Map::new(),
+        label: "N1A1".parse().unwrap(),
+        attributes: Attributes::default(),
     })
 }
 
-fn values(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
-    pairs
+fn values(pairs: &[(&str, Value)]) -> ObservationValues {
+    let map: BTreeMap<VariableName, Value> = pairs
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
+        .map(|(k, v)| (VariableName::parse(k).unwrap(), v.clone()))
+        .collect();
+    ObservationValues::parse(map).unwrap()
 }
 
 fn record(observation: u128, vals: &[(&str, Value)]) -> Command {
@@ -158,7 +159,7 @@ fn correct(vals: &[(&str, Value)], reason: &str) -> Command {
     Command::CorrectObservation(CorrectObservation {
         observation_id: id(OBSERVATION),
         values: values(vals),
-        reason: reason.into(),
+        reason: reason.parse().unwrap(),
     })
 }
 
@@ -209,8 +210,8 @@ fn variable_names_must_be_unique() {
     let command = Command::RegisterStudy(RegisterStudy {
         study_id: id(STUDY),
         code: StudyCode::parse("X").unwrap(),
-        title: "t".into(),
-        principal_investigator: "p".into(),
+        title: "t".parse().unwrap(),
+        principal_investigator: "p".parse().unwrap(),
         description: None,
         variables: vars,
     });
@@ -276,7 +277,7 @@ fn nothing_may_be_added_to_a_closed_study() {
         "alice",
         &Command::CloseStudy {
             study_id: id(STUDY),
-            reason: "season over".into(),
+            reason: "season over".parse().unwrap(),
         },
     )
     .unwrap();
@@ -285,8 +286,8 @@ fn nothing_may_be_added_to_a_closed_study() {
     let subject = Command::RegisterSubject(RegisterSubject {
         study_id: id(STUDY),
         subject_id: id(10),
-        label: "N1A2".into(),
-        attributes: Map::new(),
+        label: "N1A2".parse().unwrap(),
+        attributes: Attributes::default(),
     });
     assert_eq!(rule_of(w.handle("alice", &subject)), Rule::StudyClosed);
 }
@@ -298,7 +299,7 @@ fn nothing_may_be_added_to_a_withdrawn_subject() {
         "alice",
         &Command::WithdrawSubject {
             subject_id: id(SUBJECT),
-            reason: "consent withdrawn".into(),
+            reason: "consent withdrawn".parse().unwrap(),
         },
     )
     .unwrap();
@@ -313,15 +314,15 @@ fn changes_must_give_a_reason() {
         correct(&[("culmen_length_mm", json!(39.2))], " "),
         Command::RetractObservation {
             observation_id: id(OBSERVATION),
-            reason: String::new(),
+            reason: "".parse().unwrap(),
         },
         Command::WithdrawSubject {
             subject_id: id(SUBJECT),
-            reason: String::new(),
+            reason: "".parse().unwrap(),
         },
         Command::CloseStudy {
             study_id: id(STUDY),
-            reason: String::new(),
+            reason: "".parse().unwrap(),
         },
     ] {
         assert_eq!(rule_of(w.handle("alice", &command)), Rule::ReasonRequired);
@@ -354,7 +355,7 @@ fn a_retracted_observation_cannot_be_corrected_or_signed() {
         "alice",
         &Command::RetractObservation {
             observation_id: id(OBSERVATION),
-            reason: "wrong bird".into(),
+            reason: "wrong bird".parse().unwrap(),
         },
     )
     .unwrap();
@@ -409,7 +410,12 @@ fn approval_needs_a_second_person() {
         rule_of(w.handle("bob", &sign(SignatureMeaning::Approved))),
         Rule::SelfApproval
     );
-    w.handle("alice", &sign(SignatureMeaning::Approved))
+    // The recorder is an author of every version, corrected or not.
+    assert_eq!(
+        rule_of(w.handle("alice", &sign(SignatureMeaning::Approved))),
+        Rule::SelfApproval
+    );
+    w.handle("carol", &sign(SignatureMeaning::Approved))
         .unwrap();
 }
 
@@ -450,7 +456,7 @@ fn an_amendment_adds_variables_and_must_change_something() {
         title: None,
         description: None,
         add_variables: vec![],
-        reason: "r".into(),
+        reason: "r".parse().unwrap(),
     });
     assert_eq!(rule_of(w.handle("a", &nothing)), Rule::NothingChanged);
     let clash = Command::AmendStudy(AmendStudy {
@@ -466,7 +472,7 @@ fn an_amendment_adds_variables_and_must_change_something() {
         title: None,
         description: None,
         add_variables: vec![variable("flipper_length_mm", VariableKind::Integer)],
-        reason: "protocol v2".into(),
+        reason: "protocol v2".parse().unwrap(),
     });
     w.handle("a", &add).unwrap();
     w.handle("a", &record(9, &[("flipper_length_mm", json!(181))]))
@@ -483,7 +489,7 @@ fn event_payloads_round_trip_through_their_canonical_data() {
         subject_id: o.subject_id,
         observed_at: o.observed_at,
         values: o.values.clone(),
-        comment: Some("Nest never observed with full clutch.".into()),
+        comment: Some("Nest never observed with full clutch.".parse().unwrap()),
     });
     let data = event.to_data();
     assert_eq!(
@@ -542,8 +548,8 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// (value, retracted, signatures in force as (signer, approved), last author).
-type ModelObservation = (Option<i64>, bool, Vec<(usize, bool)>, usize);
+/// (value, retracted, signatures in force as (signer, approved), authors).
+type ModelObservation = (Option<i64>, bool, Vec<(usize, bool)>, Vec<usize>);
 
 /// The reference model: the rules written out again, as plainly as possible.
 #[derive(Debug, Default, Clone)]
@@ -564,12 +570,12 @@ proptest! {
         let mut vars = penguin_variables();
         vars.retain(|v| v.name.as_str() == "body_mass_g");
         w.handle("w0", &Command::RegisterStudy(RegisterStudy {
-            study_id: id(STUDY), code: StudyCode::parse("P").unwrap(), title: "t".into(),
-            principal_investigator: "p".into(), description: None, variables: vars,
+            study_id: id(STUDY), code: StudyCode::parse("P").unwrap(), title: "t".parse().unwrap(),
+            principal_investigator: "p".parse().unwrap(), description: None, variables: vars,
         })).unwrap();
         for s in 0..2u128 {
             w.handle("w0", &Command::RegisterSubject(RegisterSubject {
-                study_id: id(STUDY), subject_id: id(100 + s), label: format!("s{s}"), attributes: Map::new(),
+                study_id: id(STUDY), subject_id: id(100 + s), label: format!("s{s}").parse().unwrap(), attributes: Attributes::default(),
             })).unwrap();
         }
         let mut m = Model::default();
@@ -585,28 +591,30 @@ proptest! {
                         values: values(&[("body_mass_g", json_of(value))]),
                         comment: None,
                     });
-                    if ok { m.observations[observation] = Some((value, false, vec![], 0)); }
+                    if ok { m.observations[observation] = Some((value, false, vec![], vec![0])); }
                     (0, command, ok)
                 }
                 Step::Correct { observation, value, by } => {
                     let ok = !m.closed && matches!(&m.observations[observation], Some((v, false, _, _)) if *v != value);
-                    if ok {
-                        m.observations[observation] = Some((value, false, vec![], by));
+                    if let (true, Some(o)) = (ok, &mut m.observations[observation]) {
+                        o.0 = value;
+                        o.2.clear();
+                        o.3.push(by);
                     }
                     (by, Command::CorrectObservation(CorrectObservation {
                         observation_id: id(200 + observation as u128),
                         values: values(&[("body_mass_g", json_of(value))]),
-                        reason: "r".into(),
+                        reason: "r".parse().unwrap(),
                     }), ok)
                 }
                 Step::Retract { observation } => {
                     let ok = !m.closed && matches!(&m.observations[observation], Some((_, false, _, _)));
                     if ok { if let Some(o) = &mut m.observations[observation] { o.1 = true; } }
-                    (0, Command::RetractObservation { observation_id: id(200 + observation as u128), reason: "r".into() }, ok)
+                    (0, Command::RetractObservation { observation_id: id(200 + observation as u128), reason: "r".parse().unwrap() }, ok)
                 }
                 Step::Sign { observation, approve, by } => {
                     let ok = matches!(&m.observations[observation],
-                        Some((_, false, sigs, author)) if !(sigs.contains(&(by, approve)) || approve && *author == by));
+                        Some((_, false, sigs, authors)) if !(sigs.contains(&(by, approve)) || approve && authors.contains(&by)));
                     if ok { if let Some(o) = &mut m.observations[observation] { o.2.push((by, approve)); } }
                     let meaning = if approve { SignatureMeaning::Approved } else { SignatureMeaning::Reviewed };
                     (by, Command::SignObservation { observation_id: id(200 + observation as u128), meaning }, ok)
@@ -614,12 +622,12 @@ proptest! {
                 Step::Withdraw { subject } => {
                     let ok = !m.withdrawn[subject];
                     m.withdrawn[subject] = true;
-                    (0, Command::WithdrawSubject { subject_id: id(100 + subject as u128), reason: "r".into() }, ok)
+                    (0, Command::WithdrawSubject { subject_id: id(100 + subject as u128), reason: "r".parse().unwrap() }, ok)
                 }
                 Step::Close => {
                     let ok = !m.closed;
                     m.closed = true;
-                    (0, Command::CloseStudy { study_id: id(STUDY), reason: "r".into() }, ok)
+                    (0, Command::CloseStudy { study_id: id(STUDY), reason: "r".parse().unwrap() }, ok)
                 }
             };
             let result = w.handle(ACTORS[actor], &command);

@@ -2,11 +2,14 @@
 //! in an invalid form past the edge, and the check of one recorded value
 //! against the variable it belongs to.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+use super::text::{check_free_text, excerpt, AttributeKey, AttributeText, Category, Unit};
 
 /// A study code: `[A-Za-z0-9._-]{1,64}`, unique across the service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
@@ -94,7 +97,7 @@ pub enum VariableKind {
     Boolean,
 }
 
-/// A declared variable of a study, validated as a whole by [`Variable::check`].
+/// A declared variable of a study, as its events and states hold it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Variable {
@@ -110,7 +113,27 @@ pub struct Variable {
     pub categories: Option<Vec<String>>,
 }
 
-impl Variable {
+/// A variable as a command declares it: every text already parsed; the
+/// rules that span fields are checked by [`NewVariable::check`].
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewVariable {
+    pub name: VariableName,
+    pub kind: VariableKind,
+    #[serde(default)]
+    pub unit: Option<Unit>,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+    #[serde(default)]
+    pub categories: Option<Vec<Category>>,
+}
+
+/// Most categories of one variable.
+pub const MAX_CATEGORIES: usize = 1_000;
+
+impl NewVariable {
     /// Checks the rules that span fields: range only for numbers, categories
     /// exactly for categorical variables. Returns one message per breach.
     pub fn check(&self) -> Vec<(&'static str, String)> {
@@ -127,11 +150,6 @@ impl Variable {
                 errors.push(("max", "max must not be below min".to_owned()));
             }
         }
-        if let Some(unit) = &self.unit {
-            if unit.len() > 64 {
-                errors.push(("unit", "must be at most 64 bytes".to_owned()));
-            }
-        }
         match (&self.categories, self.kind) {
             (None, VariableKind::Categorical) => {
                 errors.push((
@@ -140,19 +158,18 @@ impl Variable {
                 ));
             }
             (Some(categories), VariableKind::Categorical) => {
-                let mut seen = std::collections::HashSet::new();
-                if categories.is_empty() || categories.len() > 1000 {
+                if categories.is_empty() || categories.len() > MAX_CATEGORIES {
                     errors.push((
                         "categories",
-                        "must hold between 1 and 1000 categories".to_owned(),
+                        format!("must hold between 1 and {MAX_CATEGORIES} categories"),
                     ));
                 }
-                for c in categories {
-                    if c.is_empty() || c.len() > 256 {
-                        errors.push(("categories", "a category is 1 to 256 bytes".to_owned()));
-                    } else if !seen.insert(c.as_str()) {
-                        errors.push(("categories", format!("category {c:?} is repeated")));
-                    }
+                let mut seen = std::collections::HashSet::new();
+                if let Some(c) = categories.iter().find(|c| !seen.insert(c.as_str())) {
+                    errors.push((
+                        "categories",
+                        format!("category {:?} is repeated", excerpt(c)),
+                    ));
                 }
             }
             (Some(_), _) => {
@@ -166,6 +183,130 @@ impl Variable {
         errors
     }
 
+    /// The variable as events hold it.
+    pub fn to_variable(&self) -> Variable {
+        Variable {
+            name: self.name.clone(),
+            kind: self.kind,
+            unit: self.unit.as_ref().map(|u| u.as_str().to_owned()),
+            min: self.min,
+            max: self.max,
+            categories: self
+                .categories
+                .as_ref()
+                .map(|c| c.iter().map(|c| c.as_str().to_owned()).collect()),
+        }
+    }
+}
+
+/// Most attributes of one subject.
+pub const MAX_ATTRIBUTES: usize = 100;
+
+/// A subject's attributes: at most [`MAX_ATTRIBUTES`], each named by an
+/// [`AttributeKey`] and holding a string ([`AttributeText`]), a number, a
+/// boolean or null.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct Attributes(Map<String, Value>);
+
+impl Attributes {
+    pub fn parse(raw: Map<String, Value>) -> Result<Self, (String, String)> {
+        if raw.len() > MAX_ATTRIBUTES {
+            return Err((
+                String::new(),
+                format!("at most {MAX_ATTRIBUTES} attributes"),
+            ));
+        }
+        for (key, value) in &raw {
+            AttributeKey::parse(key.as_str()).map_err(|e| (excerpt(key), e.to_string()))?;
+            match value {
+                Value::Array(_) | Value::Object(_) => {
+                    return Err((
+                        key.clone(),
+                        "must be a string, number, boolean or null".to_owned(),
+                    ))
+                }
+                Value::String(s) => {
+                    AttributeText::parse(s.as_str()).map_err(|e| (key.clone(), e.to_string()))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Attributes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Map::deserialize(d)?;
+        Self::parse(raw).map_err(|(key, message)| {
+            serde::de::Error::custom(if key.is_empty() {
+                message
+            } else {
+                format!("attribute {key:?} {message}")
+            })
+        })
+    }
+}
+
+/// The values of an observation or a correction: variable names to a
+/// number, a string (free text), a boolean or null. Whether each fits its
+/// variable is the domain's to decide ([`Variable::check_value`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct ObservationValues(BTreeMap<VariableName, Value>);
+
+impl ObservationValues {
+    pub fn parse(raw: BTreeMap<VariableName, Value>) -> Result<Self, (String, String)> {
+        for (name, value) in &raw {
+            match value {
+                Value::Array(_) | Value::Object(_) => {
+                    return Err((
+                        name.to_string(),
+                        "must be a number, string, boolean or null".to_owned(),
+                    ))
+                }
+                Value::String(s) => {
+                    check_free_text(s).map_err(|e| (name.to_string(), e.to_string()))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&VariableName, &Value)> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The values as events hold them.
+    pub fn to_map(&self) -> BTreeMap<String, Value> {
+        self.0
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+            .collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for ObservationValues {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = BTreeMap::deserialize(d)?;
+        Self::parse(raw)
+            .map_err(|(name, message)| serde::de::Error::custom(format!("{name}: {message}")))
+    }
+}
+
+impl Variable {
     /// Checks one recorded value against the kind, range and categories.
     /// `null` (measured as missing) always fits.
     pub fn check_value(&self, value: &Value) -> Result<(), String> {
@@ -189,12 +330,14 @@ impl Variable {
                 if categories.iter().any(|c| c == s) {
                     Ok(())
                 } else {
-                    Err(format!("{s:?} is not one of the declared categories"))
+                    Err(format!(
+                        "{:?} is not one of the declared categories",
+                        excerpt(s)
+                    ))
                 }
             }
             VariableKind::Text => match value.as_str() {
-                Some(s) if s.len() <= 10_000 => Ok(()),
-                Some(_) => Err("must be at most 10000 bytes".to_owned()),
+                Some(s) => check_free_text(s).map_err(|e| e.to_string()),
                 None => Err("must be a string".to_owned()),
             },
             VariableKind::Date => {
@@ -308,19 +451,57 @@ mod tests {
         assert!(var(VariableKind::Text).check_value(&json!(1)).is_err());
     }
 
+    fn new_var(kind: VariableKind) -> NewVariable {
+        NewVariable {
+            name: VariableName::parse("x").unwrap(),
+            kind,
+            unit: None,
+            min: None,
+            max: None,
+            categories: None,
+        }
+    }
+
     #[test]
     fn variable_definitions_are_checked_across_fields() {
-        let mut categorical = var(VariableKind::Categorical);
+        let mut categorical = new_var(VariableKind::Categorical);
         assert!(!categorical.check().is_empty());
-        categorical.categories = Some(vec!["a".into(), "a".into()]);
+        let a = Category::parse("a").unwrap();
+        categorical.categories = Some(vec![a.clone(), a.clone()]);
         assert!(!categorical.check().is_empty());
-        let mut text = var(VariableKind::Text);
+        categorical.categories = Some(vec![a; MAX_CATEGORIES + 1]);
+        assert!(!categorical.check().is_empty());
+        let mut text = new_var(VariableKind::Text);
         text.min = Some(1.0);
         assert!(!text.check().is_empty());
-        let mut numeric = var(VariableKind::Numeric);
+        let mut numeric = new_var(VariableKind::Numeric);
         numeric.min = Some(2.0);
         numeric.max = Some(1.0);
         assert!(!numeric.check().is_empty());
+        assert!(new_var(VariableKind::Numeric).check().is_empty());
+    }
+
+    #[test]
+    fn attributes_and_values_hold_scalars_of_clean_text_only() {
+        let ok = json!({"sex": "FEMALE", "mass": 3.5, "tagged": true, "ring": null});
+        assert!(Attributes::parse(ok.as_object().unwrap().clone()).is_ok());
+        for bad in [
+            r#"{"a\u0000": 1}"#,
+            r#"{"": 1}"#,
+            r#"{"k": "nul\u0000"}"#,
+            r#"{"k": [1]}"#,
+            r#"{"k": {"x": 1}}"#,
+        ] {
+            assert!(serde_json::from_str::<Attributes>(bad).is_err(), "{bad}");
+        }
+        let many: Map<String, Value> = (0..=MAX_ATTRIBUTES)
+            .map(|i| (format!("k{i}"), json!(i)))
+            .collect();
+        assert!(Attributes::parse(many).is_err());
+        assert!(serde_json::from_str::<ObservationValues>(r#"{"x": "a\tb", "y": 1}"#).is_ok());
+        assert!(serde_json::from_str::<ObservationValues>(r#"{"x": "a\u0000b"}"#).is_err());
+        assert!(serde_json::from_str::<ObservationValues>(r#"{"x": [1]}"#).is_err());
+        assert!(serde_json::from_str::<ObservationValues>(r#"{"X": 1}"#).is_err());
     }
 
     proptest! {
