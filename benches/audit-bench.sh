@@ -28,7 +28,7 @@ t0=$(date +%s.%N)
     FROM events ORDER BY position) TO STDOUT" >"$WORK/copy.tsv"
 copy_s=$(seconds "$t0")
 
-QUERY_API_ADDR=127.0.0.1:$QUERY_PORT REPLICA_DATABASE_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$REPLICA_PORT/$DB" \
+QUERY_API_ADDR=127.0.0.1:$QUERY_PORT REPLICA_DATABASE_URL="$READ_REPLICA_URL" \
     "$BIN/query-api" >"$WORK/query.log" 2>&1 &
 QPID=$!
 PIDS+=($QPID)

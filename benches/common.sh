@@ -7,7 +7,8 @@ API_PORT=${API_PORT:-18081}
 
 # bench_setup NAME: builds, creates bench_NAME_<time> and its stream, starts
 # the command API on API_PORT; sets BIN, DB, WORK, PSQL, TOKEN, API and
-# exports DATABASE_URL, NATS_STREAM and NATS_SUBJECT_PREFIX for the binaries.
+# exports each service's database URL (its own role), the owner's for the
+# migrations, NATS_STREAM and NATS_SUBJECT_PREFIX for the binaries.
 bench_setup() {
     local name=$1
     scripts/infra.sh >/dev/null
@@ -24,6 +25,12 @@ bench_setup() {
     PIDS=()
     trap bench_cleanup EXIT
     export DATABASE_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB"
+    export MIGRATION_DATABASE_URL=$DATABASE_URL
+    local service_password=${SERVICE_DB_PASSWORD:-$DB_PASSWORD}
+    export COMMAND_API_DATABASE_URL="postgres://research_command:$service_password@127.0.0.1:$PG_PORT/$DB"
+    export PROJECTOR_DATABASE_URL="postgres://research_projector:$service_password@127.0.0.1:$PG_PORT/$DB"
+    export QUERY_API_DATABASE_URL="postgres://research_query:$service_password@127.0.0.1:$PG_PORT/$DB"
+    READ_REPLICA_URL="postgres://research_query:$service_password@127.0.0.1:$REPLICA_PORT/$DB"
     export NATS_STREAM=$STREAM NATS_SUBJECT_PREFIX=bench$name$RUN_ID RUST_LOG=warn REDIS_URL=
     API="http://127.0.0.1:$API_PORT"
     COMMAND_API_ADDR=127.0.0.1:$API_PORT "$BIN/command-api" >"$WORK/api.log" 2>&1 &

@@ -6,8 +6,11 @@
 # What already runs is used as it is; what is installed but stopped is
 # started; what is missing is installed with apt-get. Running it twice
 # changes nothing. Settings (with defaults): PG_PORT=5432, REPLICA_PORT=5433,
-# REPLICA_DIR=/var/lib/postgresql/<major>/replica, DB_USER=research,
-# DB_PASSWORD=research, DB_NAME=research, REDIS_PORT=6379, NATS_PORT=4222.
+# REPLICA_DIR=/var/lib/postgresql/<major>/replica, DB_USER=research (the
+# owner, who runs migrations), DB_PASSWORD=research, DB_NAME=research,
+# SERVICE_DB_PASSWORD=$DB_PASSWORD (of the three service roles
+# research_command, research_projector and research_query, which own
+# nothing: see docs/security.md), REDIS_PORT=6379, NATS_PORT=4222.
 set -euo pipefail
 
 PG_PORT=${PG_PORT:-5432}
@@ -15,6 +18,7 @@ REPLICA_PORT=${REPLICA_PORT:-5433}
 DB_USER=${DB_USER:-research}
 DB_PASSWORD=${DB_PASSWORD:-research}
 DB_NAME=${DB_NAME:-research}
+SERVICE_DB_PASSWORD=${SERVICE_DB_PASSWORD:-$DB_PASSWORD}
 REDIS_PORT=${REDIS_PORT:-6379}
 NATS_PORT=${NATS_PORT:-4222}
 
@@ -88,6 +92,17 @@ if [ "$(psql_admin -c "SELECT count(*) FROM pg_roles WHERE rolname = '$DB_USER'"
     say "creating role $DB_USER"
     psql_admin -c "CREATE ROLE $DB_USER LOGIN CREATEDB REPLICATION PASSWORD '$DB_PASSWORD'"
 fi
+# The services' roles: each owns nothing and gets, from the migrations, only
+# what its service needs. The owner is a member of the projector's role so
+# that the migrations can hand it the read-model schemas.
+for role in research_command research_projector research_query; do
+    if [ "$(psql_admin -c "SELECT count(*) FROM pg_roles WHERE rolname = '$role'")" = 0 ]; then
+        say "creating role $role"
+        psql_admin -c "CREATE ROLE $role LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$SERVICE_DB_PASSWORD'"
+    fi
+done
+psql_admin -c "SET client_min_messages = warning" -c "GRANT research_projector TO $DB_USER" >/dev/null
+psql_admin -c "ALTER ROLE research_query SET default_transaction_read_only = on" >/dev/null
 if [ "$(psql_admin -c "SELECT count(*) FROM pg_database WHERE datname = '$DB_NAME'")" = 0 ]; then
     say "creating database $DB_NAME"
     psql_admin -c "CREATE DATABASE $DB_NAME OWNER $DB_USER"

@@ -16,13 +16,24 @@ pub struct Config {
     #[arg(long, env = "COMMAND_API_ADDR", default_value = "127.0.0.1:8081")]
     pub addr: SocketAddr,
 
-    /// PostgreSQL primary (the event store).
+    /// PostgreSQL primary (the event store), as the command API's own role,
+    /// which may only read and append events (docs/security.md).
     #[arg(
         long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/research"
+        env = "COMMAND_API_DATABASE_URL",
+        default_value = "postgres://research_command:research@127.0.0.1:5432/research"
     )]
     pub database_url: String,
+
+    /// The database's owner, to apply migrations at start-up; empty: the
+    /// migrations are applied by someone else.
+    #[arg(
+        long,
+        env = "MIGRATION_DATABASE_URL",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub migration_database_url: String,
 
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "COMMAND_API_DB_POOL", default_value_t = 16)]

@@ -97,13 +97,19 @@ async fn readyz(State(state): State<Shared>) -> Response {
     let nats_ok = state.nats.connection_state() == async_nats::connection::State::Connected;
     let publishing = state.publishing.report();
     let publishing_ok = state.publishing.is_ok();
-    let body = json!({"postgres": db_ok, "nats": nats_ok, "publisher": publishing}).to_string();
-    let status = if db_ok && nats_ok && publishing_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    if db_ok && nats_ok && publishing_ok {
+        let body = json!({"postgres": true, "nats": true, "publisher": publishing});
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response();
+    }
+    Problem::unavailable("the command API is not ready")
+        .with("postgres", db_ok)
+        .with("nats", nats_ok)
+        .with("publisher", publishing)
+        .into_response()
 }
 
 async fn metrics_text(State(state): State<Shared>) -> Response {

@@ -50,9 +50,11 @@ pub struct App {
 }
 
 impl App {
-    /// Connects to PostgreSQL and NATS, applies migrations, makes sure the
+    /// Applies migrations (when given the owner's URL), connects to
+    /// PostgreSQL and NATS, makes sure the
     /// stream exists and starts the appender and the publisher.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        shared::migrate(Some(&config.migration_database_url)).await?;
         let pool = PgPoolOptions::new()
             .max_connections(config.db_pool)
             .acquire_timeout(Duration::from_secs(5))
@@ -64,10 +66,6 @@ impl App {
                     redact(&config.database_url)
                 )
             })?;
-        shared::MIGRATOR
-            .run(&pool)
-            .await
-            .context("applying migrations")?;
         let nats = async_nats::ConnectOptions::new()
             .name("command-api")
             .retry_on_initial_connect()
@@ -134,7 +132,7 @@ impl App {
         let router = http::router(self.state.clone());
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "command-api listening");
-        axum::serve(listener, router)
+        axum::serve(shared::listener::ProblemListener::new(listener), router)
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving HTTP")?;

@@ -4,8 +4,8 @@
 # in recovery, streaming the primary's WAL.
 set -e
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-    until pg_isready -h primary -p 5432 -U "$POSTGRES_USER"; do sleep 1; done
-    PGPASSWORD="$POSTGRES_PASSWORD" pg_basebackup -h primary -p 5432 -U "$POSTGRES_USER" \
+    until pg_isready -h primary -p 5432; do sleep 1; done
+    PGPASSWORD="${REPLICATION_PASSWORD:-replicator}" pg_basebackup -h primary -p 5432 -U replicator \
         -D "$PGDATA" -R -X stream -c fast -C -S standby_1
     chmod 700 "$PGDATA"
 fi

@@ -24,13 +24,23 @@ struct Config {
     /// Address of /livez, /readyz and /metrics.
     #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8083")]
     addr: SocketAddr,
-    /// PostgreSQL primary (event store and read tables).
+    /// PostgreSQL primary (event store and read tables), as the projector's
+    /// own role: it reads events and owns only the read models.
     #[arg(
         long,
-        env = "DATABASE_URL",
-        default_value = "postgres://research:research@127.0.0.1:5432/research"
+        env = "PROJECTOR_DATABASE_URL",
+        default_value = "postgres://research_projector:research@127.0.0.1:5432/research"
     )]
     database_url: String,
+    /// The database's owner, to apply migrations at start-up; empty: the
+    /// migrations are applied by someone else (the command API).
+    #[arg(
+        long,
+        env = "MIGRATION_DATABASE_URL",
+        default_value = "",
+        hide_env_values = true
+    )]
+    migration_database_url: String,
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
     #[arg(long, env = "NATS_STREAM", default_value = "RESEARCH_EVENTS")]
@@ -68,6 +78,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     shared::telemetry::init("info,sqlx=warn");
+    shared::migrate(Some(&config.migration_database_url)).await?;
     if let Some(command) = &config.command {
         return offline(&config, command).await;
     }
@@ -79,10 +90,6 @@ async fn main() -> anyhow::Result<()> {
         .connect(&config.database_url)
         .await
         .context("connecting to PostgreSQL")?;
-    shared::MIGRATOR
-        .run(&pool)
-        .await
-        .context("applying migrations")?;
     // The projector works without NATS (from the event store), so a NATS
     // that is down at start is not fatal.
     let js = match async_nats::ConnectOptions::new()
@@ -149,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.addr))?;
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listener, router)
+        axum::serve(shared::listener::ProblemListener::new(listener), router)
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
             .await
     });
@@ -168,10 +175,6 @@ async fn offline(config: &Config, command: &Command) -> anyhow::Result<()> {
         .connect(&config.database_url)
         .await
         .context("connecting to PostgreSQL")?;
-    shared::MIGRATOR
-        .run(&pool)
-        .await
-        .context("applying migrations")?;
     match command {
         Command::Rebuild => {
             let started = std::time::Instant::now();

@@ -47,6 +47,16 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/audit/observations/{id}", get(observation_as_of))
         .route("/v1/audit/head", get(head))
         .route("/v1/audit/verify", get(verify))
+        .layer(axum::middleware::map_response(no_store))
+}
+
+/// Audit answers (the log itself, and what proves it) are kept by no cache.
+async fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 fn auditor(principal: Result<Principal, Problem>) -> Result<Principal, Problem> {

@@ -16,20 +16,20 @@ pub struct Config {
     #[arg(long, env = "QUERY_API_ADDR", default_value = "127.0.0.1:8082")]
     pub addr: SocketAddr,
 
-    /// The read replica (a hot standby of the primary); empty means read the
-    /// primary.
+    /// The read replica (a hot standby of the primary), as the query API's
+    /// own read-only role; empty means read the primary.
     #[arg(
         long,
         env = "REPLICA_DATABASE_URL",
-        default_value = "postgres://research:research@127.0.0.1:5433/research"
+        default_value = "postgres://research_query:research@127.0.0.1:5433/research"
     )]
     pub replica_database_url: String,
 
-    /// The primary, read only when no replica is configured.
+    /// The primary, read only when no replica is configured (same role).
     #[arg(
         long,
-        env = "DATABASE_URL",
-        default_value = "postgres://research:research@127.0.0.1:5432/research"
+        env = "QUERY_API_DATABASE_URL",
+        default_value = "postgres://research_query:research@127.0.0.1:5432/research"
     )]
     pub database_url: String,
 

@@ -21,10 +21,13 @@ async fn main() -> anyhow::Result<()> {
         redis = !config.redis_url.is_empty(),
         "query-api listening"
     );
-    axum::serve(listener, app.router())
-        .with_graceful_shutdown(shared::telemetry::shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    axum::serve(
+        shared::listener::ProblemListener::new(listener),
+        app.router(),
+    )
+    .with_graceful_shutdown(shared::telemetry::shutdown_signal())
+    .await
+    .context("serving HTTP")?;
     tracing::info!("query-api stopped");
     Ok(())
 }

@@ -21,6 +21,83 @@ use crate::problem::Problem;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Longest request target (path and query) a service reads: `414` beyond.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header fields of one request: `431` beyond.
+pub const MAX_HEADERS: usize = 64;
+/// Most bytes of header names and values of one request: `431` beyond.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// The service's own bounds on a request's target and headers, below those
+/// of the HTTP parser (whose refusals `listener.rs` answers).
+fn over_limits(req: &Request) -> Option<Problem> {
+    let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return Some(Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "uri-too-long",
+            "URI too long",
+            format!("the request's path and query are limited to {MAX_URI_BYTES} bytes"),
+        ));
+    }
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return Some(Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            "Request header fields too large",
+            format!(
+                "a request carries at most {MAX_HEADERS} header fields and {MAX_HEADER_BYTES} bytes of them"
+            ),
+        ));
+    }
+    None
+}
+
+/// Every error answer is a problem: one made by the framework rather than
+/// a handler (a path or query that does not decode, say) gets a problem
+/// body of its own status, keeping `Allow`, `Retry-After` and
+/// `WWW-Authenticate`.
+fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/problem+json");
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let detail = match status {
+        StatusCode::BAD_REQUEST => "the request's path or query could not be decoded",
+        StatusCode::METHOD_NOT_ALLOWED => "this endpoint does not take that method",
+        StatusCode::PAYLOAD_TOO_LARGE => "the body is larger than this endpoint takes",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "this endpoint takes application/json",
+        _ => "the request could not be handled",
+    };
+    let title = status.canonical_reason().unwrap_or("Error");
+    let slug = match status {
+        StatusCode::BAD_REQUEST => "malformed-request",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body-too-large",
+        _ => "http-error",
+    };
+    let mut problem = Problem::new(status, slug, title, detail).into_response();
+    for name in [
+        axum::http::header::ALLOW,
+        axum::http::header::RETRY_AFTER,
+        axum::http::header::WWW_AUTHENTICATE,
+    ] {
+        if let Some(value) = response.headers().get(&name) {
+            problem.headers_mut().insert(name, value.clone());
+        }
+    }
+    problem
+}
+
 /// Problems for unknown paths and methods.
 pub fn with_fallbacks(router: Router) -> Router {
     router
@@ -88,16 +165,20 @@ async fn around(
         tracing::info_span!("request", %method, route = route_str, request_id = request_id.to_str().unwrap_or(""))
     };
     let started = Instant::now();
-    let answered = tokio::time::timeout(limit, next.run(req))
-        .instrument(span.clone())
-        .await;
-    let mut response = answered.unwrap_or_else(|_| {
-        Problem::unavailable(format!(
-            "the request took longer than {} s{advice}",
-            limit.as_secs_f64()
-        ))
-        .into_response()
-    });
+    let mut response = match over_limits(&req) {
+        Some(problem) => problem.into_response(),
+        None => tokio::time::timeout(limit, next.run(req))
+            .instrument(span.clone())
+            .await
+            .map(as_problem)
+            .unwrap_or_else(|_| {
+                Problem::unavailable(format!(
+                    "the request took longer than {} s{advice}",
+                    limit.as_secs_f64()
+                ))
+                .into_response()
+            }),
+    };
     let elapsed = started.elapsed();
     let status = response.status();
     if status.is_server_error() {
@@ -109,7 +190,12 @@ async fn around(
             tracing::error!(%method, route = route_str, request_id, status = status.as_u16(), latency_ms, "request failed");
         }
     }
-    response.headers_mut().insert(REQUEST_ID, request_id);
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_ID, request_id);
+    headers.insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     latency_histogram(route_str, &method, status.as_u16()).record(elapsed.as_secs_f64());
     response
 }

@@ -8,6 +8,7 @@
 //! - [`api_doc`]: schemas shared by the OpenAPI documents;
 //! - [`auth`]: bearer JWT validation and minting;
 //! - [`http`]: the layers and fallbacks every HTTP service uses;
+//! - [`listener`]: the listener that answers HTTP parser errors as problems;
 //! - [`loop_health`]: how a worker loop that cannot progress says so;
 //! - [`redis_layout`]: the Redis keys the projector writes and the query API
 //!   reads;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod domain;
 pub mod envelope;
 pub mod http;
+pub mod listener;
 pub mod loop_health;
 pub mod problem;
 pub mod projection;
@@ -31,6 +33,28 @@ pub mod store;
 pub mod telemetry;
 pub mod verify;
 
-/// The migrations of the whole database, applied at start-up by every
-/// service (sqlx serialises concurrent runs with an advisory lock).
+/// The migrations of the whole database. They run as the database's owner,
+/// never as a service's role (which may not create or alter anything of the
+/// event store): by a service given `MIGRATION_DATABASE_URL` at start-up
+/// (sqlx serialises concurrent runs with an advisory lock), or by the tests.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Applies the migrations as the owner at `owner_url`, when one is given.
+pub async fn migrate(owner_url: Option<&str>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let Some(url) = owner_url.filter(|u| !u.is_empty()) else {
+        return Ok(());
+    };
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(url)
+        .await
+        .context("connecting to PostgreSQL as the owner (MIGRATION_DATABASE_URL)")?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying migrations (the service roles must exist: scripts/infra.sh)")?;
+    pool.close().await;
+    Ok(())
+}

@@ -30,10 +30,31 @@ pub fn nats_url() -> String {
     std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
-/// A database of its own, dropped when the test ends.
+/// A database of its own, dropped when the test ends. `url` is its owner's
+/// (who applied the migrations); the services connect with [`TestDb::url_as`].
 pub struct TestDb {
     pub name: String,
     pub url: String,
+}
+
+/// The database roles of the services (made by `scripts/infra.sh`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbRole {
+    Command,
+    Projector,
+    Query,
+}
+
+impl DbRole {
+    pub const ALL: [DbRole; 3] = [DbRole::Command, DbRole::Projector, DbRole::Query];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Command => "research_command",
+            Self::Projector => "research_projector",
+            Self::Query => "research_query",
+        }
+    }
 }
 
 impl TestDb {
@@ -54,7 +75,34 @@ impl TestDb {
             "{}/{name}",
             &base[..base.rfind('/').expect("a URL with a database")]
         );
-        Self { name, url }
+        let db = Self { name, url };
+        let owner = db.pool().await;
+        shared::MIGRATOR
+            .run(&owner)
+            .await
+            .expect("applying the migrations as the owner");
+        owner.close().await;
+        db
+    }
+
+    /// The URL a service connects with: its own role, the owner's password
+    /// unless `TEST_SERVICE_DB_PASSWORD` says otherwise.
+    pub fn url_as(&self, role: DbRole) -> String {
+        let mut url = url::Url::parse(&self.url).expect("a database URL");
+        url.set_username(role.name()).expect("a URL with a user");
+        if let Ok(password) = std::env::var("TEST_SERVICE_DB_PASSWORD") {
+            url.set_password(Some(&password))
+                .expect("a URL with a password");
+        }
+        url.to_string()
+    }
+
+    pub async fn pool_as(&self, role: DbRole) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&self.url_as(role))
+            .await
+            .expect("connecting to the test database as a service role")
     }
 
     pub async fn pool(&self) -> PgPool {
@@ -146,7 +194,8 @@ impl Drop for TestStream {
 pub fn command_config(db: &TestDb, stream: &TestStream) -> Config {
     Config {
         addr: "127.0.0.1:0".parse().expect("a literal address"),
-        database_url: db.url.clone(),
+        database_url: db.url_as(DbRole::Command),
+        migration_database_url: String::new(),
         db_pool: 8,
         nats_url: nats_url(),
         nats_stream: stream.name.clone(),
@@ -326,7 +375,7 @@ impl QueryApi {
         let addr = listener.local_addr().expect("a bound address");
         let router = app.router();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ = axum::serve(shared::listener::ProblemListener::new(listener), router).await;
         });
         Self {
             addr,

@@ -53,7 +53,11 @@ async fn pin(pool: &PgPool) -> String {
 /// Runs the verifier on the database; answers (exit code, stdout).
 fn verify(env: &Env, pin: Option<&str>) -> (i32, String) {
     let mut command = Command::new(binary("research-verify"));
-    command.args(["--quiet", "--database-url", &env.db.url]);
+    command.args([
+        "--quiet",
+        "--database-url",
+        &env.db.url_as(tests::DbRole::Query),
+    ]);
     if let Some(pin) = pin {
         command.args(["--pin", pin]);
     }

@@ -4,7 +4,7 @@ use serde_json::Value;
 use shared::auth::Role;
 use shared::envelope::StoredEvent;
 use shared::store::EventStore;
-use tests::{query_config, token, QueryApi};
+use tests::{query_config, token, DbRole, QueryApi};
 use uuid::Uuid;
 
 use crate::audit::{log, tamper};
@@ -18,7 +18,7 @@ struct Audit {
 impl Audit {
     async fn start(env: &Env) -> Self {
         Self {
-            api: QueryApi::spawn(&query_config(&env.db.url, "", "")).await,
+            api: QueryApi::spawn(&query_config(&env.db.url_as(DbRole::Query), "", "")).await,
             token: token("audrey", &[Role::Auditor]),
         }
     }

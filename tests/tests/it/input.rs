@@ -167,7 +167,7 @@ async fn roles_that_may_not_write_are_403() {
 }
 
 #[tokio::test]
-async fn a_token_limited_to_studies_cannot_touch_others() {
+async fn a_token_limited_to_studies_sees_others_as_unknown() {
     let env = Env::start().await;
     let study = env.study().await;
     let mut claims = claims_for("carol", &[Role::Writer], 3600);
@@ -180,7 +180,7 @@ async fn a_token_limited_to_studies_cannot_touch_others() {
             &json!({"label": "N1A1"}),
         )
         .await
-        .problem(403);
+        .problem(404);
 }
 
 #[tokio::test]
@@ -232,7 +232,10 @@ async fn health_endpoints_answer() {
         .unwrap();
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(body, json!({"postgres": true, "nats": true}));
+    assert_eq!(
+        body,
+        json!({"postgres": true, "nats": true, "publisher": {"ok": true, "position": 0}})
+    );
 }
 
 #[tokio::test]

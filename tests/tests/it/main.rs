@@ -6,6 +6,7 @@ mod audit_http;
 mod commands;
 mod concurrency;
 mod env;
+mod hostile;
 mod input;
 mod projection;
 mod publishing;

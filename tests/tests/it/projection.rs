@@ -12,7 +12,7 @@ use shared::envelope::StoredEvent;
 use shared::projection::Views;
 use shared::store::EventStore;
 use sqlx::PgPool;
-use tests::{read_stream, wait_until};
+use tests::{read_stream, wait_until, DbRole};
 use uuid::Uuid;
 
 use crate::env::Env;
@@ -203,7 +203,7 @@ async fn assert_matches_replay(pool: &PgPool) {
 #[tokio::test]
 async fn incremental_projection_equals_a_replay_of_the_log() {
     let env = Env::start().await;
-    let pool = env.db.pool().await;
+    let pool = env.db.pool_as(DbRole::Projector).await;
     history(&env).await;
     // Everything published first, so that the fast path carries it.
     let js = published(&env, &pool).await;
@@ -237,7 +237,7 @@ async fn incremental_projection_equals_a_replay_of_the_log() {
 #[tokio::test]
 async fn a_lost_message_is_backfilled_from_the_event_store() {
     let env = Env::start().await;
-    let pool = env.db.pool().await;
+    let pool = env.db.pool_as(DbRole::Projector).await;
     history(&env).await;
     let js = published(&env, &pool).await;
     // NATS loses message 5 (its stream sequence is its position).
@@ -254,7 +254,7 @@ async fn a_lost_message_is_backfilled_from_the_event_store() {
 #[tokio::test]
 async fn redelivered_and_duplicated_events_change_nothing() {
     let env = Env::start().await;
-    let pool = env.db.pool().await;
+    let pool = env.db.pool_as(DbRole::Projector).await;
     history(&env).await;
     let js = env.stream.jetstream().await;
     let mut projector = Projector::new(pool.clone(), Some(js.clone()), config(&env, "first"))
@@ -280,7 +280,7 @@ async fn redelivered_and_duplicated_events_change_nothing() {
 #[tokio::test]
 async fn without_nats_the_projector_reads_the_event_store() {
     let env = Env::start().await;
-    let pool = env.db.pool().await;
+    let pool = env.db.pool_as(DbRole::Projector).await;
     history(&env).await;
     let mut projector = Projector::new(pool.clone(), None, config(&env, "none"))
         .await
@@ -293,7 +293,7 @@ async fn without_nats_the_projector_reads_the_event_store() {
 #[tokio::test]
 async fn a_rebuild_switches_to_equal_tables_and_the_live_projector_carries_on() {
     let env = Env::start().await;
-    let pool = env.db.pool().await;
+    let pool = env.db.pool_as(DbRole::Projector).await;
     let observations = history(&env).await;
     let mut live = Projector::new(pool.clone(), None, config(&env, "live"))
         .await
@@ -320,7 +320,7 @@ async fn a_rebuild_switches_to_equal_tables_and_the_live_projector_carries_on() 
 #[tokio::test]
 async fn verify_replay_passes_on_true_read_models_and_names_a_tampered_one() {
     let env = Env::start().await;
-    let pool = env.db.pool().await;
+    let pool = env.db.pool_as(DbRole::Projector).await;
     history(&env).await;
     let mut live = Projector::new(pool.clone(), None, config(&env, "live"))
         .await
@@ -350,11 +350,11 @@ async fn a_projector_killed_mid_batch_resumes_without_counting_twice() {
     use tokio::process::Command;
 
     let env = Env::start().await;
-    let pool = env.db.pool().await;
+    let pool = env.db.pool_as(DbRole::Projector).await;
     history(&env).await;
     let spawn = || {
         Command::new(crate::publishing::binary("projector"))
-            .env("DATABASE_URL", &env.db.url)
+            .env("PROJECTOR_DATABASE_URL", env.db.url_as(DbRole::Projector))
             .env("NATS_URL", tests::nats_url())
             .env("NATS_STREAM", &env.stream.name)
             .env("NATS_SUBJECT_PREFIX", &env.stream.prefix)
@@ -449,7 +449,7 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
 /// nothing), projects it in batches of three, and compares with a replay.
 async fn run_history(ops: Vec<Op>) {
     let env = Env::start().await;
-    let pool = env.db.pool().await;
+    let pool = env.db.pool_as(DbRole::Projector).await;
     let study = env.study().await;
     let subjects = [env.subject(study).await, {
         let body = json!({"label": "N1A2"});
@@ -609,7 +609,7 @@ async fn nats_stopped_mid_run_costs_nothing_but_speed() {
     for i in 0..5 {
         record(i).await;
     }
-    let pool = db.pool().await;
+    let pool = db.pool_as(DbRole::Projector).await;
     let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
     let config = ProjectorConfig {
         nats_stream: stream.name.clone(),

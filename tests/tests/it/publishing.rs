@@ -98,7 +98,7 @@ async fn start_process(db: &TestDb, stream: &TestStream, port: u16) -> Child {
     let config = command_config(db, stream);
     let child = Command::new(binary("command-api"))
         .env("COMMAND_API_ADDR", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", &config.database_url)
+        .env("COMMAND_API_DATABASE_URL", &config.database_url)
         .env("NATS_URL", &config.nats_url)
         .env("NATS_STREAM", &config.nats_stream)
         .env("NATS_SUBJECT_PREFIX", &config.nats_subject_prefix)

@@ -15,7 +15,7 @@ use projector::{Projector, ProjectorConfig};
 use serde_json::{json, Value};
 use shared::auth::Role;
 use tests::{
-    free_port, query_config, replica_url, start_redis, token, wait_until, Answer, QueryApi,
+    free_port, query_config, replica_url, start_redis, token, wait_until, Answer, DbRole, QueryApi,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,7 @@ fn prefix() -> String {
 }
 
 /// A projector following the test's stream until dropped.
-struct Live {
+pub(crate) struct Live {
     stop: CancellationToken,
 }
 
@@ -40,8 +40,8 @@ impl Drop for Live {
     }
 }
 
-async fn live_projector(env: &Env, redis: Option<(&str, &str)>) -> Live {
-    let pool = env.db.pool().await;
+pub(crate) async fn live_projector(env: &Env, redis: Option<(&str, &str)>) -> Live {
+    let pool = env.db.pool_as(DbRole::Projector).await;
     let config = ProjectorConfig {
         nats_stream: env.stream.name.clone(),
         subject_prefix: env.stream.prefix.clone(),
@@ -132,7 +132,7 @@ fn decode(coding: &str, bytes: &[u8]) -> Vec<u8> {
 async fn documents_pages_and_export_answer_the_contract() {
     let env = Env::start().await;
     let _live = live_projector(&env, None).await;
-    let query = QueryApi::spawn(&query_config(&env.db.url, "", "")).await;
+    let query = QueryApi::spawn(&query_config(&env.db.url_as(DbRole::Query), "", "")).await;
     let study = &tests::penguins()[0];
     let (study_id, subjects, last) = load(&env, study, 3).await;
     let token_header = last.to_string();
@@ -268,11 +268,11 @@ async fn documents_pages_and_export_answer_the_contract() {
     query
         .get(&format!("/v1/studies/{study_id}"), &elsewhere)
         .await
-        .problem(403);
+        .problem(404);
     query
         .get(&format!("/v1/studies/{study_id}/subjects"), &elsewhere)
         .await
-        .problem(403);
+        .problem(404);
     // A token limited to studies lists only those.
     let second = env
         .api
@@ -315,7 +315,7 @@ async fn documents_pages_and_export_answer_the_contract() {
 async fn etags_answer_304_and_codings_are_negotiated() {
     let env = Env::start().await;
     let _live = live_projector(&env, None).await;
-    let query = QueryApi::spawn(&query_config(&env.db.url, "", "")).await;
+    let query = QueryApi::spawn(&query_config(&env.db.url_as(DbRole::Query), "", "")).await;
     let (study_id, _, last) = load(&env, &tests::penguins()[0], 2).await;
     let path = format!("/v1/studies/{study_id}");
     let last = last.to_string();
@@ -449,7 +449,7 @@ async fn a_miss_costs_one_statement_a_hit_none_and_a_thousand_misses_load_once()
     })
     .await;
     let (port, statements) = counting_proxy(5432).await;
-    let mut url = url::Url::parse(&env.db.url).unwrap();
+    let mut url = url::Url::parse(&env.db.url_as(DbRole::Query)).unwrap();
     url.set_port(Some(port)).unwrap();
     url.set_query(Some("sslmode=disable"));
     let mut config = query_config(url.as_str(), "", "");
@@ -513,7 +513,12 @@ async fn replica_reads_see_the_writes_whose_token_they_carry() {
     let env = Env::start().await;
     let prefix = prefix();
     let _live = live_projector(&env, Some((REDIS, &prefix))).await;
-    let query = QueryApi::spawn(&query_config(&replica_url(&env.db.url), REDIS, &prefix)).await;
+    let query = QueryApi::spawn(&query_config(
+        &replica_url(&env.db.url_as(DbRole::Query)),
+        REDIS,
+        &prefix,
+    ))
+    .await;
     let (study, subject, observation) = env.recorded().await;
     for i in 0..200 {
         // A correction, then its effect on the observation, the subject and
@@ -612,7 +617,7 @@ impl Drop for ResumeOnDrop {
 async fn replica_held_back_is_waited_for_and_past_the_bound_answers_503() {
     let env = Env::start().await;
     let _live = live_projector(&env, None).await;
-    let mut config = query_config(&replica_url(&env.db.url), "", "");
+    let mut config = query_config(&replica_url(&env.db.url_as(DbRole::Query)), "", "");
     config.consistency_timeout = Duration::from_millis(1500);
     let query = QueryApi::spawn(&config).await;
     let (_, _, observation) = env.recorded().await;
@@ -670,7 +675,7 @@ async fn replica_held_back_is_waited_for_and_past_the_bound_answers_503() {
 async fn pages_neither_skip_nor_repeat_while_subjects_are_added() {
     let env = Env::start().await;
     let _live = live_projector(&env, None).await;
-    let query = QueryApi::spawn(&query_config(&env.db.url, "", "")).await;
+    let query = QueryApi::spawn(&query_config(&env.db.url_as(DbRole::Query), "", "")).await;
     let study = env.study().await;
     let register = |label: String| {
         let api = &env.api;
@@ -739,7 +744,7 @@ async fn pages_neither_skip_nor_repeat_while_subjects_are_added() {
 async fn the_export_of_a_large_study_streams_every_observation() {
     let env = Env::start().await;
     let _live = live_projector(&env, None).await;
-    let query = QueryApi::spawn(&query_config(&env.db.url, "", "")).await;
+    let query = QueryApi::spawn(&query_config(&env.db.url_as(DbRole::Query), "", "")).await;
     let weather = benches::datasets::weather(
         &benches::datasets::data_dir().join("nyc_weather_2013.csv"),
         "WX-TEST",
@@ -788,7 +793,7 @@ async fn reads_go_on_while_redis_stops_and_use_it_again_when_it_returns() {
     let prefix = prefix();
     let _live = live_projector(&env, Some((&url, &prefix))).await;
     let (study, subjects, last) = load(&env, &tests::penguins()[0], 2).await;
-    let mut config = query_config(&env.db.url, &url, &prefix);
+    let mut config = query_config(&env.db.url_as(DbRole::Query), &url, &prefix);
     // A small memory tier: most reads reach Redis or the replica.
     config.cache_bytes = 16 * 1024;
     let query = Arc::new(QueryApi::spawn(&config).await);

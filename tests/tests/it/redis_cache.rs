@@ -134,7 +134,7 @@ async fn every_document_reaches_redis() {
     );
     let prefix = prefix();
     let url = "redis://127.0.0.1:6379";
-    let pool = env.db.pool().await;
+    let pool = env.db.pool_as(tests::DbRole::Projector).await;
     let sink = RedisSink::start(url, prefix.clone(), pool.clone()).unwrap();
     let mut projector = Projector::new(pool, None, config(&env))
         .await

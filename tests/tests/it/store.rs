@@ -1,7 +1,8 @@
 //! The event store's own guarantees, checked in the database.
 
+use shared::domain::{AggregateKind, DomainEvent, SubjectRegistered};
 use shared::envelope::{StoredEvent, GENESIS_HASH};
-use shared::store::EventStore;
+use shared::store::{AppendError, AppendRequest, AppenderConfig, EventStore};
 
 use crate::env::Env;
 
@@ -159,4 +160,146 @@ async fn every_event_names_its_study() {
         "{:?}",
         events.iter().map(|e| e.study_id).collect::<Vec<_>>()
     );
+}
+
+/// A subject registration in `study`, as the appender takes it, with
+/// `label` and `reason` as given (no check on the way).
+pub(crate) fn raw_registration(
+    study: uuid::Uuid,
+    label: &str,
+    reason: Option<&str>,
+) -> AppendRequest {
+    let subject = uuid::Uuid::now_v7();
+    AppendRequest {
+        aggregate_kind: AggregateKind::Subject,
+        aggregate_id: subject,
+        study_id: study,
+        expected_version: 0,
+        events: vec![DomainEvent::SubjectRegistered(SubjectRegistered {
+            subject_id: subject,
+            study_id: study,
+            label: label.to_owned(),
+            attributes: serde_json::Map::new(),
+        })],
+        guards: Vec::new(),
+        claims: Vec::new(),
+        actor: "alice".to_owned(),
+        reason: reason.map(str::to_owned),
+        correlation_id: "c".to_owned(),
+        causation_id: "c".to_owned(),
+        idempotency: None,
+    }
+}
+
+#[tokio::test]
+async fn the_appender_isolates_a_request_the_database_refuses() {
+    let db = tests::TestDb::create().await;
+    let (store, _appender) = EventStore::start(
+        db.pool_as(tests::DbRole::Command).await,
+        AppenderConfig::default(),
+    );
+    let study = uuid::Uuid::now_v7();
+    // PostgreSQL's `text` cannot hold NUL: the database refuses that row
+    // (the API refuses such text long before; this is the last line).
+    let mut requests: Vec<AppendRequest> = (0..7)
+        .map(|i| raw_registration(study, &format!("S{i}"), None))
+        .collect();
+    requests.insert(3, raw_registration(study, "S-bad", Some("nul\0reason")));
+    let outcomes = store.append_all(requests).await;
+    assert_eq!(outcomes.len(), 8);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if i == 3 {
+            assert!(
+                matches!(outcome, Err(AppendError::Refused { .. })),
+                "{outcome:?}"
+            );
+        } else {
+            assert!(outcome.is_ok(), "request {i}: {outcome:?}");
+        }
+    }
+    let events = EventStore::read_after(&db.pool().await, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 7, "every other request committed");
+    assert_chain(&events);
+    // The appender goes on: its connection was not left in a failed state.
+    let next = store
+        .append(raw_registration(study, "S-after", None))
+        .await
+        .unwrap();
+    assert_eq!(next.position, 8);
+}
+
+#[tokio::test]
+async fn the_services_roles_own_nothing_and_cannot_rewrite_history() {
+    let env = Env::start().await;
+    env.recorded().await;
+    let attempts = [
+        "UPDATE events SET actor = 'mallory' WHERE position = 1",
+        "DELETE FROM events WHERE position = 1",
+        "TRUNCATE events",
+        "ALTER TABLE events DISABLE TRIGGER USER",
+        "ALTER TABLE events DISABLE TRIGGER events_append_only",
+        "DROP TRIGGER events_append_only ON events",
+        "CREATE OR REPLACE FUNCTION events_are_append_only() RETURNS trigger \
+         LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+        "ALTER FUNCTION events_are_append_only() OWNER TO CURRENT_USER",
+        "DROP TABLE events",
+        "CREATE TABLE events_copy (x int)",
+    ];
+    for role in tests::DbRole::ALL {
+        let pool = env.db.pool_as(role).await;
+        for sql in attempts {
+            let error = sqlx::query(sql)
+                .execute(&pool)
+                .await
+                .expect_err(&format!("{} may not {sql}", role.name()));
+            let code = error
+                .as_database_error()
+                .and_then(|e| e.code())
+                .map(|c| c.into_owned());
+            // 42501 insufficient privilege, 42P01-free: the refusal is about
+            // rights (or, for the query API, a read-only transaction).
+            assert!(
+                matches!(code.as_deref(), Some("42501") | Some("25006")),
+                "{}: {sql}: {error}",
+                role.name()
+            );
+        }
+        let owned: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+               WHERE n.nspname = 'public' AND pg_get_userbyid(c.relowner) = current_user) \
+             + (SELECT count(*) FROM pg_proc WHERE pg_get_userbyid(proowner) = current_user) \
+             + (SELECT count(*) FROM pg_database WHERE datname = current_database() \
+                  AND pg_get_userbyid(datdba) = current_user)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(owned, 0, "{} owns nothing of the event store", role.name());
+    }
+    // Only the command API appends; the query API writes nothing at all.
+    for role in [tests::DbRole::Projector, tests::DbRole::Query] {
+        let pool = env.db.pool_as(role).await;
+        let error = sqlx::query(
+            "INSERT INTO events SELECT position + 1000, gen_random_uuid(), aggregate_type, aggregate_id, \
+             stream_version + 1000, study_id, event_type, schema_version, data, actor, reason, correlation_id, \
+             causation_id, recorded_at, prevhash, hash FROM events WHERE position = 1",
+        )
+        .execute(&pool)
+        .await
+        .expect_err("only the command API appends");
+        assert!(error.to_string().contains("denied") || error.to_string().contains("read-only"));
+    }
+    let query = env.db.pool_as(tests::DbRole::Query).await;
+    let error = sqlx::query("UPDATE read_model.checkpoint SET position = 0")
+        .execute(&query)
+        .await
+        .expect_err("the query API's role is read-only");
+    assert!(!error.to_string().is_empty());
+    let actor: String = sqlx::query_scalar("SELECT actor FROM events WHERE position = 1")
+        .fetch_one(&env.db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(actor, "alice", "history is as it was");
 }
