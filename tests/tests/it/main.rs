@@ -7,6 +7,7 @@ mod commands;
 mod concurrency;
 mod env;
 mod hostile;
+mod hostile_props;
 mod input;
 mod projection;
 mod publishing;
