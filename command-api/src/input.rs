@@ -488,6 +488,23 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_a_shape_error_and_past_128_levels_refused() {
+        // Where a string belongs, an array is the wrong shape, however deep.
+        let deep = format!(r#"{{"reason": {}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        let p = parse_bytes(Kind::CloseStudy, Some(Uuid::nil()), deep.as_bytes()).unwrap_err();
+        assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", p.detail);
+        assert_eq!(p.errors[0].field, "reason");
+        // Where any value is taken, the parser stops at 128 levels.
+        let batch = format!(
+            r#"{{"commands": [{}1{}]}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let p = parse_batch(batch.as_bytes()).err().expect("refused");
+        assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", p.detail);
+    }
+
+    #[test]
     fn invalid_utf8_is_400_wherever_it_is() {
         let mut body = br#"{"unknown": 1, "reason": "bad "#.to_vec();
         body.extend_from_slice(&[0xff, 0xfe]);

@@ -351,3 +351,251 @@ fn generated_hostile_requests_get_problems_and_change_nothing() {
     assert_eq!(read.status, 200);
     runtime.block_on(p.flows());
 }
+
+/// A character the service accepts in a name: anything but a control
+/// character, astral planes, bidi overrides, non-characters included.
+fn name_char() -> impl Strategy<Value = char> {
+    prop_oneof![
+        4 => any::<char>().prop_filter("not a control character", |c| !c.is_control()),
+        1 => prop::sample::select(vec!['\u{202e}', '\u{feff}', '\u{fffe}', '\u{10ffff}', '🐧', 'é', '"', '\\', '|']),
+    ]
+}
+
+/// A name: 1 to 256 characters, often exactly 256.
+fn accepted_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::collection::vec(name_char(), 1..40).prop_map(|c| c.into_iter().collect()),
+        name_char().prop_map(|c| c.to_string().repeat(256)),
+    ]
+}
+
+/// Free text: names' characters plus tab and line ends, up to 16 KiB.
+fn accepted_free_text() -> impl Strategy<Value = String> {
+    let c = prop_oneof![
+        8 => name_char(),
+        1 => prop::sample::select(vec!['\t', '\n', '\r']),
+    ];
+    prop_oneof![
+        prop::collection::vec(c, 1..200).prop_map(|c| c.into_iter().collect()),
+        (name_char(), Just(())).prop_map(|(c, ())| {
+            let mut s = String::new();
+            while s.len() + c.len_utf8() <= 16 * 1024 {
+                s.push(c);
+            }
+            s
+        }),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct Texts {
+    title: String,
+    description: String,
+    investigator: String,
+    unit: String,
+    categories: (String, String),
+    label: String,
+    attribute: (String, String),
+    value: String,
+    comment: String,
+    reason: String,
+}
+
+fn texts() -> impl Strategy<Value = Texts> {
+    (
+        (accepted_free_text(), accepted_free_text(), accepted_name()),
+        (accepted_name(), accepted_name(), accepted_name()),
+        (accepted_name(), accepted_name(), accepted_name()),
+        (
+            accepted_free_text(),
+            accepted_free_text(),
+            accepted_free_text(),
+        ),
+    )
+        .prop_filter("two distinct categories", |(_, (_, a, b), _, _)| a != b)
+        .prop_filter(
+            "a title and a label with something to say",
+            |((t, _, _), _, (l, _, _), _)| !t.trim().is_empty() && !l.trim().is_empty(),
+        )
+        .prop_filter("an investigator", |((_, _, i), _, _, _)| {
+            !i.trim().is_empty()
+        })
+        .prop_filter("a reason", |(_, _, _, (_, _, r))| !r.trim().is_empty())
+        .prop_map(
+            |(
+                (title, description, investigator),
+                (unit, a, b),
+                (label, key, value),
+                (text, comment, reason),
+            )| {
+                Texts {
+                    title,
+                    description,
+                    investigator,
+                    unit,
+                    categories: (a, b),
+                    label,
+                    attribute: (key, value),
+                    value: text,
+                    comment,
+                    reason,
+                }
+            },
+        )
+}
+
+/// Registers a study, a subject, an observation and its correction with
+/// `t`, then reads each document back with the last position's token:
+/// every text comes back exactly, and the last event is in JetStream.
+async fn round_trip(p: &Pipeline, n: usize, t: Texts) -> Result<(), TestCaseError> {
+    let api = &p.env.api;
+    let writer = &p.env.writer;
+    let study = api
+        .post(
+            "/v1/studies",
+            writer,
+            &json!({"code": format!("ALPHABET-{n}"), "title": t.title, "description": t.description,
+                    "principal_investigator": t.investigator,
+                    "variables": [
+                        {"name": "note", "kind": "text"},
+                        {"name": "mass", "kind": "numeric", "unit": t.unit},
+                        {"name": "kind", "kind": "categorical", "categories": [t.categories.0, t.categories.1]}]}),
+        )
+        .await;
+    prop_assert_eq!(
+        study.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&study.bytes)
+    );
+    let study = study.id();
+    let subject = api
+        .post(
+            &format!("/v1/studies/{study}/subjects"),
+            writer,
+            &json!({"label": t.label, "attributes": {t.attribute.0.clone(): t.attribute.1}}),
+        )
+        .await;
+    prop_assert_eq!(
+        subject.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&subject.bytes)
+    );
+    let subject = subject.id();
+    let observation = api
+        .post(
+            &format!("/v1/subjects/{subject}/observations"),
+            writer,
+            &json!({"observed_at": "2013-01-01T00:00:00Z", "comment": t.comment,
+                    "values": {"note": "first", "mass": 1.5, "kind": t.categories.1}}),
+        )
+        .await;
+    prop_assert_eq!(observation.status, 201);
+    let observation = observation.id();
+    let corrected = api
+        .post(
+            &format!("/v1/observations/{observation}/corrections"),
+            &p.env.writer2,
+            &json!({"values": {"note": t.value}, "reason": t.reason}),
+        )
+        .await;
+    prop_assert_eq!(
+        corrected.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&corrected.bytes)
+    );
+    let position: i64 = corrected.json()["position"].as_i64().unwrap();
+    let reader = &p.env.reader;
+    let doc = p
+        .read_at(&format!("/v1/studies/{study}"), reader, position)
+        .await
+        .json();
+    prop_assert_eq!(&doc["title"], &json!(t.title));
+    prop_assert_eq!(&doc["description"], &json!(t.description));
+    prop_assert_eq!(&doc["principal_investigator"], &json!(t.investigator));
+    prop_assert_eq!(&doc["variables"][1]["unit"], &json!(t.unit));
+    prop_assert_eq!(
+        &doc["variables"][2]["categories"],
+        &json!([t.categories.0, t.categories.1])
+    );
+    let doc = p
+        .read_at(&format!("/v1/subjects/{subject}"), reader, position)
+        .await
+        .json();
+    prop_assert_eq!(&doc["label"], &json!(t.label));
+    prop_assert_eq!(&doc["attributes"][&t.attribute.0], &json!(t.attribute.1));
+    let doc = p
+        .read_at(&format!("/v1/observations/{observation}"), reader, position)
+        .await
+        .json();
+    prop_assert_eq!(&doc["values"]["note"], &json!(t.value));
+    prop_assert_eq!(&doc["comment"], &json!(t.comment));
+    prop_assert_eq!(&doc["last_change_reason"], &json!(t.reason));
+    let js = p.env.stream.jetstream().await;
+    let name = p.env.stream.name.clone();
+    tests::wait_until(std::time::Duration::from_secs(20), "JetStream", || async {
+        let messages = tests::read_stream(&js, &name).await.ok()?;
+        messages
+            .iter()
+            .any(|(p, _, _)| *p == position)
+            .then_some(())
+    })
+    .await;
+    Ok(())
+}
+
+#[test]
+fn the_whole_accepted_alphabet_at_its_bounds_flows_to_every_reader() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let p = runtime.block_on(Pipeline::start());
+    // The largest study the bounds allow that still fits one message.
+    let categories: Vec<String> = (0..8).map(|c| format!("{c}{}", "é".repeat(255))).collect();
+    let variables: Vec<Value> = (0..100)
+        .map(|v| {
+            json!({"name": format!("v{v}"), "kind": "categorical", "unit": "µ".repeat(256),
+                        "categories": categories})
+        })
+        .collect();
+    let large = runtime.block_on(p.env.api.post(
+        "/v1/studies",
+        &p.env.writer,
+        &json!({"code": "LARGEST", "title": "t".repeat(16 * 1024), "principal_investigator": "p",
+                "description": "d".repeat(16 * 1024), "variables": variables}),
+    ));
+    assert_eq!(
+        large.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&large.bytes)
+    );
+    let position = large.json()["position"].as_i64().unwrap();
+    let read = runtime.block_on(p.read_at(
+        &format!("/v1/studies/{}", large.id()),
+        &p.env.reader,
+        position,
+    ));
+    assert_eq!(read.json()["variables"].as_array().unwrap().len(), 100);
+    let cases = std::env::var("ALPHABET_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(24);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    let outcome = runner.run(&texts(), |t| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        runtime.block_on(round_trip(&p, n, t))
+    });
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+    runtime.block_on(p.flows());
+}
