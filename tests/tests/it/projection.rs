@@ -644,3 +644,100 @@ async fn nats_stopped_mid_run_costs_nothing_but_speed() {
     nats.wait().unwrap();
     let _ = std::fs::remove_dir_all(&store_dir);
 }
+
+#[tokio::test]
+async fn a_projector_that_cannot_progress_says_so_and_recovers() {
+    use tokio::process::Command;
+
+    let env = Env::start().await;
+    let study = env.study().await;
+    let owner = env.db.pool().await;
+    let addr = format!("127.0.0.1:{}", tests::free_port());
+    let mut projector = Command::new(crate::publishing::binary("projector"))
+        .env("PROJECTOR_DATABASE_URL", env.db.url_as(DbRole::Projector))
+        .env("NATS_URL", tests::nats_url())
+        .env("NATS_STREAM", &env.stream.name)
+        .env("NATS_SUBJECT_PREFIX", &env.stream.prefix)
+        .env("PROJECTOR_ADDR", &addr)
+        .env("REDIS_URL", "")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the projector binary");
+    let http = reqwest::Client::new();
+    let ready = |http: reqwest::Client, addr: String| async move {
+        let response = http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json::<Value>().await.ok()?))
+    };
+    wait_until(Duration::from_secs(30), "the projector to be ready", || {
+        let (http, addr) = (http.clone(), addr.clone());
+        async move {
+            ready(http, addr)
+                .await
+                .filter(|(s, _)| *s == 200)
+                .map(|_| ())
+        }
+    })
+    .await;
+    // A read table that refuses the next row: the projector is stuck at the
+    // event before it, whatever it tries.
+    sqlx::query("ALTER TABLE read_model.subjects ADD CONSTRAINT no_x CHECK (label <> 'X')")
+        .execute(&owner)
+        .await
+        .unwrap();
+    let answer = env
+        .api
+        .post(
+            &format!("/v1/studies/{study}/subjects"),
+            &env.writer,
+            &json!({"label": "X"}),
+        )
+        .await;
+    assert_eq!(answer.status, 201);
+    let stuck_after = answer.json()["position"].as_i64().unwrap() - 1;
+    let (_, report) = wait_until(Duration::from_secs(30), "readiness to turn red", || {
+        let (http, addr) = (http.clone(), addr.clone());
+        async move { ready(http, addr).await.filter(|(s, _)| *s == 503) }
+    })
+    .await;
+    assert_eq!(report["projection"]["ok"], false, "{report}");
+    assert_eq!(report["projection"]["position"], stuck_after, "{report}");
+    assert!(report["projection"]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("no_x")));
+    let metrics = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("loop_consecutive_failures{loop=\"projector\"}")),
+        "{metrics}"
+    );
+    sqlx::query("ALTER TABLE read_model.subjects DROP CONSTRAINT no_x")
+        .execute(&owner)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "readiness to turn green", || {
+        let (http, addr) = (http.clone(), addr.clone());
+        async move {
+            ready(http, addr)
+                .await
+                .filter(|(s, _)| *s == 200)
+                .map(|_| ())
+        }
+    })
+    .await;
+    projector.start_kill().unwrap();
+    projector.wait().await.unwrap();
+}
