@@ -2,11 +2,11 @@
 # Runs the whole test suite against real PostgreSQL, NATS and Redis: brings
 # the infrastructure up, checks formatting and lints, builds the binaries the
 # tests start, runs every test of the workspace, then fuzzes command bodies
-# for a fixed number of runs (FUZZ_RUNS, 20000; 0 skips it) with cargo fuzz
+# for a fixed number of runs (FUZZ_RUNS, 100000; 0 skips it) with cargo fuzz
 # on the nightly toolchain, installing what is missing.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-FUZZ_RUNS=${FUZZ_RUNS:-20000}
+FUZZ_RUNS=${FUZZ_RUNS:-100000}
 
 scripts/infra.sh
 echo "[test] cargo fmt --check"
