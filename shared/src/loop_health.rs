@@ -103,7 +103,9 @@ impl LoopHealth {
         if state.failures > 0 {
             report["failures"] = json!(state.failures);
             report["failing_for_seconds"] =
-                json!(state.failing_since.map_or(0, |s| s.elapsed().as_secs()));
+                json!(state
+                    .failing_since
+                    .map_or(0.0, |s| (s.elapsed().as_millis() as f64) / 1000.0));
             report["error"] = json!(state.last_error);
         }
         report
