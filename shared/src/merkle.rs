@@ -248,6 +248,69 @@ pub fn verify_consistency(
     }
 }
 
+/// The right edge of a tree: the roots of its complete subtrees, one per
+/// set bit of its size, largest first (RFC 9162's "compact range" of
+/// `[0, size)`). Enough to append leaves and to know the root, and tells
+/// which complete subtrees each appended leaf completes (what a store of
+/// subtrees must write).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    /// `(level, hash)` of each complete subtree of the edge, largest first.
+    edge: Vec<(u8, Hash)>,
+}
+
+impl Frontier {
+    /// The edge of a tree of `size` leaves, from a source of its subtrees.
+    pub fn of<S: Subtrees>(source: &mut S, size: u64) -> Result<Self, S::Error> {
+        let mut edge = Vec::new();
+        let mut start = 0;
+        for level in (0..64u8).rev() {
+            if size & (1 << level) != 0 {
+                edge.push((level, source.complete(level, start >> level)?));
+                start += 1 << level;
+            }
+        }
+        Ok(Self { size, edge })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends one leaf hash; answers every complete subtree it completes,
+    /// as `(level, index, hash)`, the leaf itself first.
+    pub fn push(&mut self, leaf_hash: Hash) -> Vec<(u8, u64, Hash)> {
+        let mut completed = vec![(0, self.size, leaf_hash)];
+        let mut hash = leaf_hash;
+        let mut level = 0u8;
+        while let Some(&(top, left)) = self.edge.last() {
+            if top != level {
+                break;
+            }
+            self.edge.pop();
+            hash = node_hash(&left, &hash);
+            level += 1;
+            completed.push((level, self.size >> level, hash));
+        }
+        self.edge.push((level, hash));
+        self.size += 1;
+        completed
+    }
+
+    /// The root of the tree (the empty tree's for size 0).
+    pub fn root(&self) -> Hash {
+        let mut edge = self.edge.iter().rev();
+        let Some(&(_, mut hash)) = edge.next() else {
+            return empty_root();
+        };
+        for (_, left) in edge {
+            hash = node_hash(left, &hash);
+        }
+        hash
+    }
+}
+
 /// Every complete subtree of some leaf hashes, level by level, held in
 /// memory (tests, small logs, rebuilding stored subtrees).
 pub struct InMemory {
@@ -380,6 +443,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_frontier_grows_the_tree_and_names_each_completed_subtree() {
+        let all = leaves(300);
+        let mut frontier = Frontier::default();
+        assert_eq!(frontier.root(), empty_root());
+        let mut stored = std::collections::HashMap::new();
+        for (i, leaf) in all.iter().enumerate() {
+            for (level, index, hash) in frontier.push(*leaf) {
+                assert!(
+                    stored.insert((level, index), hash).is_none(),
+                    "written once"
+                );
+            }
+            let n = i + 1;
+            assert_eq!(frontier.root(), mth(&all[..n]), "root of {n}");
+            let mut source = InMemory::new(&all[..n]);
+            assert_eq!(Frontier::of(&mut source, n as u64).unwrap(), frontier);
+        }
+        // Every complete subtree was told exactly once, with its hash.
+        let mut source = InMemory::new(&all);
+        for (&(level, index), hash) in &stored {
+            assert_eq!(source.complete(level, index).unwrap(), *hash);
+        }
+        assert_eq!(stored.len(), 300 + 150 + 75 + 37 + 18 + 9 + 4 + 2 + 1);
     }
 
     #[test]
