@@ -4,6 +4,7 @@
 //! retried on a fresh load; a real race with another writer answers `409`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -14,7 +15,7 @@ use shared::domain::{
     States,
 };
 use shared::store::{
-    AppendError, AppendRequest, Appended, Claim, EventStore, IdempotencyCompletion,
+    AppendError, AppendRequest, Appended, Claim, EncodedEvent, EventStore, IdempotencyCompletion,
 };
 use uuid::Uuid;
 
@@ -50,6 +51,11 @@ pub struct Engine {
     pub cache: StateCache,
     /// Tells the largest message the NATS server takes (`max_payload`).
     nats: Option<async_nats::Client>,
+    /// `max_payload` as last told (0: not yet), asked again once a second
+    /// at most (a server restarted with another limit is seen quickly).
+    max_payload: AtomicUsize,
+    asked_at: AtomicU64,
+    started: std::time::Instant,
 }
 
 /// Room kept in a NATS message for its headers (`Nats-Msg-Id`,
@@ -62,6 +68,8 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 /// A decided command, ready to append.
 struct Prepared {
     request: AppendRequest,
+    /// The decided events (the request holds them encoded).
+    events: Vec<DomainEvent>,
     /// The written aggregate before the command, and whether it came from
     /// memory rather than a fresh load.
     base: Option<Cached>,
@@ -82,6 +90,9 @@ impl Engine {
             store,
             cache: StateCache::new(cache_capacity),
             nats,
+            max_payload: AtomicUsize::new(0),
+            asked_at: AtomicU64::new(u64::MAX),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -90,10 +101,15 @@ impl Engine {
     /// is written, since it could never be published (and would stop the
     /// publisher at its position).
     pub fn max_event_bytes(&self) -> usize {
-        let told = self
-            .nats
-            .as_ref()
-            .map_or(0, |c| c.server_info().max_payload);
+        let second = self.started.elapsed().as_secs();
+        if self.asked_at.swap(second, Ordering::Relaxed) != second {
+            let told = self
+                .nats
+                .as_ref()
+                .map_or(0, |c| c.server_info().max_payload);
+            self.max_payload.store(told, Ordering::Relaxed);
+        }
+        let told = self.max_payload.load(Ordering::Relaxed);
         let max_payload = if told == 0 { DEFAULT_MAX_PAYLOAD } else { told };
         max_payload.saturating_sub(HEADER_ROOM)
     }
@@ -159,7 +175,7 @@ impl Engine {
                     match fold_onto(
                         prepared.base.as_ref(),
                         command,
-                        &prepared.request.events,
+                        &prepared.events,
                         meta,
                         started,
                     ) {
@@ -262,7 +278,7 @@ impl Engine {
         let next = fold_onto(
             prepared.base.as_ref(),
             command,
-            &prepared.request.events,
+            &prepared.events,
             meta,
             last_at,
         )?;
@@ -395,7 +411,7 @@ impl Engine {
             aggregate_id: written_id,
             study_id: study_id.unwrap_or(written_id),
             expected_version: current,
-            events,
+            events: events.iter().map(EncodedEvent::of).collect(),
             guards,
             claims,
             actor: meta.principal.id.to_string(),
@@ -420,6 +436,7 @@ impl Engine {
         }
         Ok(Step::Ready(Box::new(Prepared {
             request,
+            events,
             base,
             base_from_memory: from_memory && !fresh,
         })))

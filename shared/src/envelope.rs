@@ -134,7 +134,8 @@ impl StoredEvent {
 
     /// The largest length the CloudEvents JSON of an event with these
     /// fields can have, whatever position, version, ids and time it gets
-    /// when it is appended (each of those has a fixed widest form).
+    /// when it is appended (each of those has a fixed widest form). Counted,
+    /// not serialized: it is asked of every command.
     pub fn cloud_event_len_bound(
         event_type: &str,
         data: &str,
@@ -143,26 +144,41 @@ impl StoredEvent {
         correlation_id: &str,
         causation_id: &str,
     ) -> usize {
-        let widest = Self {
-            position: i64::MAX,
-            event_id: Uuid::nil(),
-            aggregate_type: String::new(),
-            aggregate_id: Uuid::nil(),
-            stream_version: i64::MAX,
-            study_id: Uuid::nil(),
-            event_type: event_type.to_owned(),
-            schema_version: 1,
-            data: "0".to_owned(),
-            actor: actor.to_owned(),
-            reason: reason.map(str::to_owned),
-            correlation_id: correlation_id.to_owned(),
-            causation_id: causation_id.to_owned(),
-            recorded_at: DateTime::<Utc>::MAX_UTC,
-            prevhash: [0; 32],
-            hash: [0; 32],
-        };
-        // `data` is embedded as it is stored (a raw JSON value).
-        widest.to_cloud_event().len() - 1 + data.len()
+        static EMPTY: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        // The widest envelope with every text empty, `reason` null and
+        // `data` the one byte `0`.
+        let empty = *EMPTY.get_or_init(|| {
+            Self {
+                position: i64::MAX,
+                event_id: Uuid::nil(),
+                aggregate_type: String::new(),
+                aggregate_id: Uuid::nil(),
+                stream_version: i64::MAX,
+                study_id: Uuid::nil(),
+                event_type: String::new(),
+                schema_version: 1,
+                data: "0".to_owned(),
+                actor: String::new(),
+                reason: None,
+                correlation_id: String::new(),
+                causation_id: String::new(),
+                recorded_at: DateTime::<Utc>::MAX_UTC,
+                prevhash: [0; 32],
+                hash: [0; 32],
+            }
+            .to_cloud_event()
+            .len()
+        });
+        // `reason` is `null` (4 bytes) or a quoted string; `data` is
+        // embedded as stored, in place of the `0`.
+        let reason = reason.map_or(4, |r| json_escaped_len(r) + 2);
+        empty - 1 - 4
+            + data.len()
+            + json_escaped_len(event_type)
+            + json_escaped_len(actor)
+            + json_escaped_len(correlation_id)
+            + json_escaped_len(causation_id)
+            + reason
     }
 
     /// Parses the CloudEvents JSON back into the stored event, keeping the
@@ -208,6 +224,19 @@ impl StoredEvent {
             hash: parse_hash(&ce.hash).ok_or(CloudEventError::Field("hash"))?,
         })
     }
+}
+
+/// The length of `s` inside a JSON string as serde_json writes it (without
+/// the quotes): `"` and `\\` and the short escapes take two bytes, other
+/// control characters six, everything else itself.
+fn json_escaped_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
 }
 
 pub fn parse_hash(hex_str: &str) -> Option<[u8; 32]> {
@@ -311,6 +340,41 @@ mod tests {
             assert!(e.to_cloud_event().len() <= bound, "{position}");
         }
         assert!(bound - e.to_cloud_event().len() < 16, "the bound is tight");
+        // Counted as serde_json escapes, whatever the text holds.
+        for text in [
+            "",
+            "plain",
+            "quote\" back\\slash",
+            "\u{0}\u{1f}\u{7f}\n\r\t\u{8}\u{c}",
+            "é🐧",
+        ] {
+            e.actor = text.to_owned();
+            e.reason = Some(text.to_owned());
+            e.correlation_id = text.to_owned();
+            let bound = StoredEvent::cloud_event_len_bound(
+                &e.event_type,
+                &e.data,
+                &e.actor,
+                e.reason.as_deref(),
+                &e.correlation_id,
+                &e.causation_id,
+            );
+            let actual = e.to_cloud_event().len();
+            assert!(
+                actual <= bound && bound - actual < 16,
+                "{text:?}: {actual} vs {bound}"
+            );
+        }
+        e.reason = None;
+        let bound = StoredEvent::cloud_event_len_bound(
+            &e.event_type,
+            &e.data,
+            &e.actor,
+            None,
+            &e.correlation_id,
+            &e.causation_id,
+        );
+        assert!(e.to_cloud_event().len() <= bound);
     }
 
     #[test]

@@ -46,6 +46,25 @@ pub struct IdempotencyCompletion {
     pub status: u16,
 }
 
+/// A decided event as the store writes it: its stable type name, schema
+/// version and canonical `data`, encoded once when the command is decided.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    pub event_type: &'static str,
+    pub schema_version: i16,
+    pub data: String,
+}
+
+impl EncodedEvent {
+    pub fn of(event: &DomainEvent) -> Self {
+        Self {
+            event_type: event.event_type(),
+            schema_version: event.schema_version(),
+            data: event.to_data(),
+        }
+    }
+}
+
 /// Events of one command for one aggregate, with what must still hold.
 #[derive(Debug, Clone)]
 pub struct AppendRequest {
@@ -54,7 +73,7 @@ pub struct AppendRequest {
     pub study_id: Uuid,
     /// The stream's version the decision was made on (0 for a new stream).
     pub expected_version: i64,
-    pub events: Vec<DomainEvent>,
+    pub events: Vec<EncodedEvent>,
     /// Other aggregates the decision read, which must still be at these
     /// versions (a study must not have been closed meanwhile, say).
     pub guards: Vec<(Uuid, i64)>,
@@ -74,8 +93,8 @@ impl AppendRequest {
             .iter()
             .map(|event| {
                 StoredEvent::cloud_event_len_bound(
-                    event.event_type(),
-                    &event.to_data(),
+                    event.event_type,
+                    &event.data,
                     &self.actor,
                     self.reason.as_deref(),
                     &self.correlation_id,
@@ -575,9 +594,9 @@ async fn write_batch(
                 aggregate_id: request.aggregate_id,
                 stream_version: version,
                 study_id: request.study_id,
-                event_type: event.event_type().to_owned(),
-                schema_version: event.schema_version(),
-                data: event.to_data(),
+                event_type: event.event_type.to_owned(),
+                schema_version: event.schema_version,
+                data: event.data.clone(),
                 actor: request.actor.clone(),
                 reason: request.reason.clone(),
                 correlation_id: request.correlation_id.clone(),

@@ -2,7 +2,7 @@
 
 use shared::domain::{AggregateKind, DomainEvent, SubjectRegistered};
 use shared::envelope::{StoredEvent, GENESIS_HASH};
-use shared::store::{AppendError, AppendRequest, AppenderConfig, EventStore};
+use shared::store::{AppendError, AppendRequest, AppenderConfig, EncodedEvent, EventStore};
 
 use crate::env::Env;
 
@@ -175,12 +175,14 @@ pub(crate) fn raw_registration(
         aggregate_id: subject,
         study_id: study,
         expected_version: 0,
-        events: vec![DomainEvent::SubjectRegistered(SubjectRegistered {
-            subject_id: subject,
-            study_id: study,
-            label: label.to_owned(),
-            attributes: serde_json::Map::new(),
-        })],
+        events: vec![EncodedEvent::of(&DomainEvent::SubjectRegistered(
+            SubjectRegistered {
+                subject_id: subject,
+                study_id: study,
+                label: label.to_owned(),
+                attributes: serde_json::Map::new(),
+            },
+        ))],
         guards: Vec::new(),
         claims: Vec::new(),
         actor: "alice".to_owned(),
