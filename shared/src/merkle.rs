@@ -311,6 +311,102 @@ impl Frontier {
     }
 }
 
+/// Height of a tile (C2SP `tlog-tiles`): a tile holds 2^8 = 256 hashes of
+/// one stored level; the levels between are computed from them.
+pub const TILE_HEIGHT: u8 = 8;
+/// Hashes in a full tile.
+pub const TILE_WIDTH: u64 = 1 << TILE_HEIGHT;
+
+/// Where a stored node goes: nodes of levels 0, 8, 16, … are stored, node
+/// `index` of level `8·L` at offset `index mod 256` of tile `(L, index div
+/// 256)`. Answers `None` for the levels that are not stored.
+pub fn tile_slot(level: u8, index: u64) -> Option<(u8, u64, usize)> {
+    (level % TILE_HEIGHT == 0).then_some((
+        level / TILE_HEIGHT,
+        index / TILE_WIDTH,
+        (index % TILE_WIDTH) as usize,
+    ))
+}
+
+/// Tiles held in memory (as read from a store): `(tile level, index)` to
+/// the hashes the tile holds so far (a partial tile holds fewer than 256).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tiles(pub std::collections::HashMap<(u8, u64), Vec<Hash>>);
+
+/// A subtree whose tile was not given (or is too short).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("tile {level}/{index} is missing or short")]
+pub struct MissingTile {
+    pub level: u8,
+    pub index: u64,
+}
+
+impl Tiles {
+    /// The tile and the span of its hashes that a complete subtree needs.
+    pub fn span_of(level: u8, index: u64) -> ((u8, u64), std::ops::Range<usize>) {
+        let stored = level - level % TILE_HEIGHT;
+        let rise = level - stored;
+        let first = index << rise;
+        let offset = (first % TILE_WIDTH) as usize;
+        (
+            (stored / TILE_HEIGHT, first / TILE_WIDTH),
+            offset..offset + (1usize << rise),
+        )
+    }
+
+    /// Stores the nodes a [`Frontier::push`] completed (those of the
+    /// stored levels), as the tiles of a store would take them.
+    pub fn record(&mut self, completed: &[(u8, u64, Hash)]) {
+        for &(level, index, hash) in completed {
+            if let Some((tile_level, tile_index, offset)) = tile_slot(level, index) {
+                let tile = self.0.entry((tile_level, tile_index)).or_default();
+                debug_assert_eq!(tile.len(), offset, "nodes arrive in order");
+                tile.push(hash);
+            }
+        }
+    }
+}
+
+impl Subtrees for Tiles {
+    type Error = MissingTile;
+
+    fn complete(&mut self, level: u8, index: u64) -> Result<Hash, MissingTile> {
+        let ((tile_level, tile_index), span) = Self::span_of(level, index);
+        let missing = MissingTile {
+            level: tile_level,
+            index: tile_index,
+        };
+        let hashes = self
+            .0
+            .get(&(tile_level, tile_index))
+            .and_then(|t| t.get(span))
+            .ok_or(missing)?;
+        let mut layer = hashes.to_vec();
+        while layer.len() > 1 {
+            layer = layer
+                .chunks_exact(2)
+                .map(|pair| node_hash(&pair[0], &pair[1]))
+                .collect();
+        }
+        Ok(layer[0])
+    }
+}
+
+/// Records which complete subtrees a computation asks for, answering a
+/// placeholder: run a proof against it first to learn which tiles to read
+/// (then read them all in one statement).
+#[derive(Debug, Default)]
+pub struct Wanted(pub std::collections::BTreeSet<(u8, u64)>);
+
+impl Subtrees for Wanted {
+    type Error = std::convert::Infallible;
+
+    fn complete(&mut self, level: u8, index: u64) -> Result<Hash, Self::Error> {
+        self.0.insert(Tiles::span_of(level, index).0);
+        Ok([0; 32])
+    }
+}
+
 /// Every complete subtree of some leaf hashes, level by level, held in
 /// memory (tests, small logs, rebuilding stored subtrees).
 pub struct InMemory {
@@ -469,6 +565,73 @@ mod tests {
             assert_eq!(source.complete(level, index).unwrap(), *hash);
         }
         assert_eq!(stored.len(), 300 + 150 + 75 + 37 + 18 + 9 + 4 + 2 + 1);
+    }
+
+    #[test]
+    fn tiles_written_as_the_tree_grows_answer_every_proof() {
+        // Past 2^16 leaves, so that tiles of three levels exist.
+        let all = leaves(70_000);
+        let mut frontier = Frontier::default();
+        let mut tiles = Tiles::default();
+        for leaf in &all {
+            tiles.record(&frontier.push(*leaf));
+        }
+        assert_eq!(tiles.0[&(0, 0)].len(), 256);
+        assert_eq!(
+            tiles.0[&(1, 0)].len(),
+            256,
+            "level 8: 256 subtrees of 256 leaves"
+        );
+        assert_eq!(
+            tiles.0[&(2, 0)].len(),
+            1,
+            "level 16: the first 65 536 leaves"
+        );
+        let mut memory = InMemory::new(&all);
+        for (size, index) in [
+            (1u64, 0u64),
+            (255, 17),
+            (256, 255),
+            (257, 256),
+            (65_536, 40_000),
+            (70_000, 69_999),
+            (69_999, 5),
+        ] {
+            assert_eq!(
+                root(&mut tiles, size),
+                root(&mut memory, size).map_err(|e| match e {})
+            );
+            let proof = inclusion_proof(&mut tiles, index, size).unwrap();
+            assert_eq!(proof, inclusion_proof(&mut memory, index, size).unwrap());
+            // The tiles a proof reads are known before reading them.
+            let mut wanted = Wanted::default();
+            inclusion_proof(&mut wanted, index, size).unwrap();
+            let mut only = Tiles(
+                tiles
+                    .0
+                    .iter()
+                    .filter(|(k, _)| wanted.0.contains(k))
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect(),
+            );
+            assert_eq!(inclusion_proof(&mut only, index, size).unwrap(), proof);
+            assert!(wanted.0.len() <= 6, "{size}: {} tiles", wanted.0.len());
+        }
+        for (old, new) in [(1u64, 70_000u64), (256, 65_537), (40_000, 69_999)] {
+            assert_eq!(
+                consistency_proof(&mut tiles, old, new).unwrap(),
+                consistency_proof(&mut memory, old, new).unwrap()
+            );
+        }
+        let mut partial = tiles.clone();
+        partial.0.remove(&(0, 273));
+        assert_eq!(
+            inclusion_proof(&mut partial, 69_999, 70_000),
+            Err(MissingTile {
+                level: 0,
+                index: 273
+            })
+        );
     }
 
     #[test]
