@@ -9,7 +9,8 @@
 //! - [`auth`]: bearer JWT validation and minting;
 //! - [`http`]: the layers and fallbacks every HTTP service uses;
 //! - [`listener`]: the listener that answers HTTP parser errors as problems;
-//! - [`merkle`]: the Merkle tree over the log (RFC 9162 hashing, proofs);
+//! - [`merkle`]: the Merkle tree over the log (RFC 9162 hashing, proofs,
+//!   tiles); [`merkle_store`]: its tiles in PostgreSQL;
 //! - [`loop_health`]: how a worker loop that cannot progress says so;
 //! - [`redis_layout`]: the Redis keys the projector writes and the query API
 //!   reads;
@@ -28,6 +29,7 @@ pub mod http;
 pub mod listener;
 pub mod loop_health;
 pub mod merkle;
+pub mod merkle_store;
 pub mod problem;
 pub mod projection;
 pub mod redis_layout;

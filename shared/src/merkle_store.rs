@@ -1,0 +1,169 @@
+//! The Merkle tree's tiles in PostgreSQL (`migrations/0004_merkle_tree.sql`):
+//! extending the tree over the events the log holds beyond it, and roots and
+//! proofs computed from the few tiles they need, read in one statement.
+
+use std::collections::BTreeSet;
+
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::merkle::{
+    consistency_proof, inclusion_proof, leaf_hash, root, tile_slot, Frontier, Hash, MissingTile,
+    Tiles, Wanted, TILE_HEIGHT, TILE_WIDTH,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("reading or writing the tree: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    MissingTile(#[from] MissingTile),
+    #[error("the log has no event at position {0}, below its head")]
+    Gap(i64),
+    #[error("a stored hash is not 32 bytes (position {0})")]
+    BadHash(i64),
+}
+
+/// The tiles `wanted`, in one statement (absent ones are simply absent).
+pub async fn read_tiles(
+    conn: &mut PgConnection,
+    wanted: &BTreeSet<(u8, u64)>,
+) -> Result<Tiles, TreeError> {
+    let mut tiles = Tiles::default();
+    if wanted.is_empty() {
+        return Ok(tiles);
+    }
+    let levels: Vec<i16> = wanted.iter().map(|(l, _)| i16::from(*l)).collect();
+    let ns: Vec<i64> = wanted.iter().map(|(_, n)| *n as i64).collect();
+    let rows = sqlx::query(
+        "SELECT t.level, t.n, t.hashes FROM merkle_tiles t \
+         JOIN unnest($1::int2[], $2::int8[]) AS w(level, n) ON (t.level, t.n) = (w.level, w.n)",
+    )
+    .bind(&levels)
+    .bind(&ns)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let (level, n, bytes): (i16, i64, Vec<u8>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let hashes = bytes
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("chunks of 32"))
+            .collect();
+        tiles.0.insert((level as u8, n as u64), hashes);
+    }
+    Ok(tiles)
+}
+
+/// The size of the stored tree.
+pub async fn size(conn: &mut PgConnection) -> Result<u64, TreeError> {
+    let size: i64 = sqlx::query_scalar("SELECT size FROM merkle_tree")
+        .fetch_one(conn)
+        .await?;
+    Ok(size as u64)
+}
+
+/// The root of the tree of `size` leaves (at most the stored size).
+pub async fn root_at(conn: &mut PgConnection, size: u64) -> Result<Hash, TreeError> {
+    let mut wanted = Wanted::default();
+    let _ = root(&mut wanted, size);
+    let mut tiles = read_tiles(conn, &wanted.0).await?;
+    Ok(root(&mut tiles, size)?)
+}
+
+/// The inclusion proof of leaf `index` in the tree of `size` leaves.
+pub async fn prove_inclusion(
+    conn: &mut PgConnection,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, TreeError> {
+    let mut wanted = Wanted::default();
+    let _ = inclusion_proof(&mut wanted, index, size);
+    let mut tiles = read_tiles(conn, &wanted.0).await?;
+    Ok(inclusion_proof(&mut tiles, index, size)?)
+}
+
+/// The consistency proof between the trees of `old` and `new` leaves.
+pub async fn prove_consistency(
+    conn: &mut PgConnection,
+    old: u64,
+    new: u64,
+) -> Result<Vec<Hash>, TreeError> {
+    let mut wanted = Wanted::default();
+    let _ = consistency_proof(&mut wanted, old, new);
+    let mut tiles = read_tiles(conn, &wanted.0).await?;
+    Ok(consistency_proof(&mut tiles, old, new)?)
+}
+
+/// Extends the stored tree over up to `limit` events beyond it, in one
+/// transaction with the new size (a crash leaves the tree as it was); one
+/// writer at a time (the size row is locked). Answers the new size.
+pub async fn extend(pool: &PgPool, limit: i64) -> Result<u64, TreeError> {
+    let mut tx = pool.begin().await?;
+    let size: i64 = sqlx::query_scalar("SELECT size FROM merkle_tree FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await?;
+    let events = sqlx::query(
+        "SELECT position, hash FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+    )
+    .bind(size)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if events.is_empty() {
+        return Ok(size as u64);
+    }
+    // The tree's edge, and the partial tile of each stored level that the
+    // new nodes continue.
+    let size = size as u64;
+    let mut wanted = Wanted::default();
+    let _ = Frontier::of(&mut wanted, size);
+    for tile_level in 0..64 / TILE_HEIGHT {
+        let next = size >> (u32::from(tile_level) * u32::from(TILE_HEIGHT));
+        if next % TILE_WIDTH != 0 {
+            wanted.0.insert((tile_level, next / TILE_WIDTH));
+        }
+    }
+    let mut tiles = read_tiles(&mut tx, &wanted.0).await?;
+    let mut frontier = Frontier::of(&mut tiles, size)?;
+    let mut changed = BTreeSet::new();
+    for row in events {
+        let position: i64 = row.try_get(0)?;
+        if position as u64 != frontier.size() + 1 {
+            return Err(TreeError::Gap(frontier.size() as i64 + 1));
+        }
+        let hash: Vec<u8> = row.try_get(1)?;
+        if hash.len() != 32 {
+            return Err(TreeError::BadHash(position));
+        }
+        let completed = frontier.push(leaf_hash(&hash));
+        for &(level, index, _) in &completed {
+            if let Some((tile_level, n, _)) = tile_slot(level, index) {
+                changed.insert((tile_level, n));
+            }
+        }
+        tiles.record(&completed);
+    }
+    let (mut levels, mut ns, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+    for (tile_level, n) in changed {
+        levels.push(i16::from(tile_level));
+        ns.push(n as i64);
+        bytes.push(tiles.0[&(tile_level, n)].concat());
+    }
+    sqlx::query(
+        "INSERT INTO merkle_tiles (level, n, hashes) \
+         SELECT * FROM unnest($1::int2[], $2::int8[], $3::bytea[]) \
+         ON CONFLICT (level, n) DO UPDATE SET hashes = EXCLUDED.hashes",
+    )
+    .bind(&levels)
+    .bind(&ns)
+    .bind(&bytes)
+    .execute(&mut *tx)
+    .await?;
+    let new_size = frontier.size();
+    sqlx::query("UPDATE merkle_tree SET size = $1")
+        .bind(new_size as i64)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(new_size)
+}

@@ -1,0 +1,113 @@
+//! The Merkle tree of a real log kept in PostgreSQL tiles: extended in
+//! batches, it has the roots and proofs of the same tree built in memory
+//! from the events' hashes, and a rebuild from the events writes the same
+//! tiles.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use shared::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash, InMemory};
+use shared::merkle_store::{extend, prove_consistency, prove_inclusion, root_at, size};
+use sqlx::PgPool;
+use tests::DbRole;
+use uuid::Uuid;
+
+use crate::env::Env;
+
+/// The three penguin seasons through the batch endpoint: about 690 events,
+/// past two full tiles of leaves.
+async fn penguin_log(env: &Env) {
+    for study in tests::penguins() {
+        let study_id = env.register(&study).await;
+        let subjects: Vec<Uuid> = study.subjects.iter().map(|_| Uuid::now_v7()).collect();
+        let commands = study.batch_commands(&study_id.to_string(), &subjects, 1);
+        let answer = env
+            .api
+            .post(
+                "/v1/commands",
+                &env.writer,
+                &json!({ "commands": commands }),
+            )
+            .await;
+        assert_eq!(answer.status, 200);
+    }
+}
+
+async fn leaves(pool: &PgPool) -> Vec<Hash> {
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM events ORDER BY position")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    hashes.iter().map(|h| leaf_hash(h)).collect()
+}
+
+async fn all_tiles(pool: &PgPool) -> BTreeMap<(i16, i64), Vec<u8>> {
+    let rows: Vec<(i16, i64, Vec<u8>)> =
+        sqlx::query_as("SELECT level, n, hashes FROM merkle_tiles")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    rows.into_iter().map(|(l, n, h)| ((l, n), h)).collect()
+}
+
+#[tokio::test]
+async fn the_stored_tree_equals_the_tree_of_the_events_and_rebuilds_the_same() {
+    let env = Env::start().await;
+    penguin_log(&env).await;
+    let owner = env.db.pool().await;
+    let leaves = leaves(&owner).await;
+    let head = leaves.len() as u64;
+    assert!(head > 512, "{head} events");
+    let writer = env.db.pool_as(DbRole::Command).await;
+    let mut grown = 0;
+    while grown < head {
+        grown = extend(&writer, 97).await.unwrap();
+    }
+    assert_eq!(
+        extend(&writer, 97).await.unwrap(),
+        head,
+        "nothing more to add"
+    );
+    let reader = env.db.pool_as(DbRole::Query).await;
+    let mut conn = reader.acquire().await.unwrap();
+    assert_eq!(size(&mut conn).await.unwrap(), head);
+    let mut memory = InMemory::new(&leaves);
+    for n in [1, 2, 255, 256, 257, 511, 512, 513, head - 1, head] {
+        let root = root_at(&mut conn, n).await.unwrap();
+        assert_eq!(
+            root,
+            shared::merkle::root(&mut memory, n).unwrap(),
+            "root of {n}"
+        );
+        for index in [0, n / 3, n - 1] {
+            let proof = prove_inclusion(&mut conn, index, n).await.unwrap();
+            verify_inclusion(index, n, &leaves[index as usize], &proof, &root).unwrap();
+        }
+        let old = n.div_ceil(2);
+        let proof = prove_consistency(&mut conn, old, n).await.unwrap();
+        let old_root = shared::merkle::root(&mut memory, old).unwrap();
+        verify_consistency(old, n, &old_root, &root, &proof).unwrap();
+    }
+    drop(conn);
+    // A rebuild from the events alone, in one batch, writes the same tiles.
+    let incremental = all_tiles(&owner).await;
+    sqlx::raw_sql("DELETE FROM merkle_tiles; UPDATE merkle_tree SET size = 0")
+        .execute(&owner)
+        .await
+        .unwrap();
+    assert_eq!(extend(&writer, 1_000_000).await.unwrap(), head);
+    assert_eq!(all_tiles(&owner).await, incremental);
+}
+
+#[tokio::test]
+async fn only_the_command_api_role_extends_the_tree() {
+    let env = Env::start().await;
+    env.recorded().await;
+    let query = env.db.pool_as(DbRole::Query).await;
+    assert!(
+        extend(&query, 10).await.is_err(),
+        "the query API reads only"
+    );
+    let command = env.db.pool_as(DbRole::Command).await;
+    assert_eq!(extend(&command, 10).await.unwrap(), 3);
+}
