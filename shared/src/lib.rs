@@ -7,6 +7,7 @@
 //! - [`store`]: the PostgreSQL event store with its group-commit appender;
 //! - [`api_doc`]: schemas shared by the OpenAPI documents;
 //! - [`auth`]: bearer JWT validation and minting;
+//! - [`checkpoint`]: signed checkpoints of the Merkle tree (C2SP notes);
 //! - [`http`]: the layers and fallbacks every HTTP service uses;
 //! - [`listener`]: the listener that answers HTTP parser errors as problems;
 //! - [`merkle`]: the Merkle tree over the log (RFC 9162 hashing, proofs,
@@ -22,6 +23,7 @@
 
 pub mod api_doc;
 pub mod auth;
+pub mod checkpoint;
 pub mod config;
 pub mod domain;
 pub mod envelope;
