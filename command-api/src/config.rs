@@ -63,6 +63,29 @@ pub struct Config {
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
+    /// The key that signs checkpoints of the log's Merkle tree, in the
+    /// signed-note form `PRIVATE+KEY+<name>+<id>+<base64>`; empty: no
+    /// checkpoints are signed (the tree is not kept either).
+    #[arg(
+        long,
+        env = "LOG_SIGNING_KEY",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub log_signing_key: String,
+
+    /// A file holding that key (read when `LOG_SIGNING_KEY` is empty).
+    #[arg(long, env = "LOG_SIGNING_KEY_FILE", default_value = "")]
+    pub log_signing_key_file: String,
+
+    /// The origin line of every checkpoint: the log's name.
+    #[arg(
+        long,
+        env = "LOG_ORIGIN",
+        default_value = "research-records.example/log"
+    )]
+    pub log_origin: String,
+
     /// Longest time a request may take before it is answered 503.
     #[arg(long, env = "COMMAND_API_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,

@@ -37,6 +37,8 @@ pub struct AppState {
     pub nats: async_nats::Client,
     /// The outbox publisher's progress (red readiness when it is stuck).
     pub publishing: Arc<shared::loop_health::LoopHealth>,
+    /// The checkpointer's progress, when checkpoints are signed.
+    pub checkpointing: Option<Arc<shared::loop_health::LoopHealth>>,
     pub request_timeout: Duration,
     pub metrics: Option<shared::telemetry::PrometheusHandle>,
 }
@@ -97,8 +99,13 @@ async fn readyz(State(state): State<Shared>) -> Response {
     let nats_ok = state.nats.connection_state() == async_nats::connection::State::Connected;
     let publishing = state.publishing.report();
     let publishing_ok = state.publishing.is_ok();
-    if db_ok && nats_ok && publishing_ok {
-        let body = json!({"postgres": true, "nats": true, "publisher": publishing});
+    let checkpointing = state.checkpointing.as_ref().map(|c| c.report());
+    let checkpointing_ok = state.checkpointing.as_ref().is_none_or(|c| c.is_ok());
+    if db_ok && nats_ok && publishing_ok && checkpointing_ok {
+        let mut body = json!({"postgres": true, "nats": true, "publisher": publishing});
+        if let Some(checkpointing) = checkpointing {
+            body["checkpointer"] = checkpointing;
+        }
         return (
             [(header::CONTENT_TYPE, "application/json")],
             body.to_string(),
@@ -109,6 +116,7 @@ async fn readyz(State(state): State<Shared>) -> Response {
         .with("postgres", db_ok)
         .with("nats", nats_ok)
         .with("publisher", publishing)
+        .with("checkpointer", checkpointing)
         .into_response()
 }
 

@@ -10,9 +10,11 @@
 //! - [`cache`]: aggregate states kept in memory;
 //! - [`idempotency`]: durable `Idempotency-Key` answers;
 //! - [`publisher`]: the outbox that publishes committed events;
+//! - [`checkpointer`]: the Merkle tree and its signed checkpoints;
 //! - [`error`]: `ApiError` and its problem details.
 
 pub mod cache;
+pub mod checkpointer;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -46,6 +48,7 @@ pub struct App {
     appender: JoinHandle<()>,
     publisher: JoinHandle<()>,
     housekeeping: JoinHandle<()>,
+    checkpointer: Option<JoinHandle<()>>,
     stop_background: CancellationToken,
 }
 
@@ -88,6 +91,29 @@ impl App {
             },
         );
         let stop_background = CancellationToken::new();
+        let signer =
+            checkpointer::signer_from(&config.log_signing_key, &config.log_signing_key_file)?;
+        let (checkpointer, checkpointing) = match signer {
+            None => (None, None),
+            Some(signer) => {
+                let checkpoints = checkpointer::CheckpointerConfig {
+                    signer,
+                    origin: config.log_origin.clone(),
+                    stream: format!("{}_CHECKPOINTS", config.nats_stream),
+                    subject: format!("{}-checkpoints", config.nats_subject_prefix),
+                };
+                checkpointer::ensure_stream(&js, &checkpoints).await?;
+                let health = Arc::new(LoopHealth::new("checkpointer"));
+                let task = tokio::spawn(checkpointer::run(
+                    pool.clone(),
+                    js.clone(),
+                    checkpoints,
+                    health.clone(),
+                    stop_background.clone(),
+                ));
+                (Some(task), Some(health))
+            }
+        };
         let publishing = Arc::new(LoopHealth::new("publisher"));
         let publisher = tokio::spawn(publisher::run(
             pool.clone(),
@@ -110,6 +136,7 @@ impl App {
             ),
             nats,
             publishing,
+            checkpointing,
             request_timeout: config.request_timeout,
             metrics: shared::telemetry::install_metrics(),
         });
@@ -118,6 +145,7 @@ impl App {
             appender,
             publisher,
             housekeeping,
+            checkpointer,
             stop_background,
         })
     }
@@ -142,6 +170,7 @@ impl App {
             appender,
             publisher,
             housekeeping,
+            checkpointer,
             stop_background,
         } = self;
         // The appender ends once every handle to the store is gone.
@@ -150,6 +179,9 @@ impl App {
         stop_background.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
         let _ = housekeeping.await;
+        if let Some(checkpointer) = checkpointer {
+            let _ = tokio::time::timeout(Duration::from_secs(10), checkpointer).await;
+        }
         tracing::info!("command-api stopped");
         Ok(())
     }

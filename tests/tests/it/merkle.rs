@@ -111,3 +111,72 @@ async fn only_the_command_api_role_extends_the_tree() {
     let command = env.db.pool_as(DbRole::Command).await;
     assert_eq!(extend(&command, 10).await.unwrap(), 3);
 }
+
+#[tokio::test]
+async fn the_command_api_signs_checkpoints_of_the_tree_and_publishes_them() {
+    use shared::checkpoint::{Checkpoint, NoteSigner};
+
+    let db = tests::TestDb::create().await;
+    let stream = tests::TestStream::new();
+    let signer = NoteSigner::new("research-records.test/log", [42; 32]).unwrap();
+    let verifier = signer.verifier();
+    let mut config = tests::command_config(&db, &stream);
+    config.log_signing_key = signer.to_private_text();
+    let api = tests::CommandApi::spawn(&config).await;
+    let writer = tests::token("alice", &[shared::auth::Role::Writer]);
+    let study = tests::penguins()[0].register_body();
+    assert_eq!(api.post("/v1/studies", &writer, &study).await.status, 201);
+    let owner = db.pool().await;
+    let head: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
+        .fetch_one(&owner)
+        .await
+        .unwrap();
+    // A checkpoint of the whole log appears, signed by the configured key,
+    // with the root of the tree of the events' hashes.
+    let note: String = tests::wait_until(
+        std::time::Duration::from_secs(20),
+        "a checkpoint of the head",
+        || async {
+            sqlx::query_scalar("SELECT note FROM checkpoints WHERE size = $1 LIMIT 1")
+                .bind(head)
+                .fetch_optional(&owner)
+                .await
+                .ok()?
+        },
+    )
+    .await;
+    let checkpoint = Checkpoint::verify(&note, &verifier, "research-records.test/log").unwrap();
+    let leaves = leaves(&owner).await;
+    assert_eq!(checkpoint.size, head as u64);
+    assert_eq!(
+        checkpoint.root,
+        shared::merkle::root(&mut InMemory::new(&leaves), head as u64).unwrap()
+    );
+    // The same note is in JetStream, outside the database.
+    let js = stream.jetstream().await;
+    let name = format!("{}_CHECKPOINTS", stream.name);
+    let published = tests::wait_until(
+        std::time::Duration::from_secs(20),
+        "the checkpoint in JetStream",
+        || async {
+            let mut s = js.get_stream(&name).await.ok()?;
+            let last_sequence = s.info().await.ok()?.state.last_sequence;
+            let last = s.get_raw_message(last_sequence).await.ok()?;
+            String::from_utf8(last.payload.to_vec()).ok()
+        },
+    )
+    .await;
+    assert!(Checkpoint::verify(&published, &verifier, "research-records.test/log").is_ok());
+    let ready = api
+        .http
+        .get(api.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(ready["checkpointer"]["ok"], true, "{ready}");
+    let _ = js.delete_stream(&name).await;
+    api.shutdown().await;
+}
