@@ -30,10 +30,18 @@ pub(crate) struct Pipeline {
 
 impl Pipeline {
     pub async fn start() -> Self {
+        Self::start_waiting(Duration::from_secs(2)).await
+    }
+
+    /// A pipeline whose query API waits at most `consistency_timeout` for
+    /// a `Consistency-Token`.
+    pub async fn start_waiting(consistency_timeout: Duration) -> Self {
         let env = Env::start().await;
         let live = live_projector(&env, None).await;
         let read_url = replica_url(&env.db.url_as(DbRole::Query));
-        let query = QueryApi::spawn(&query_config(&read_url, "", "")).await;
+        let mut config = query_config(&read_url, "", "");
+        config.consistency_timeout = consistency_timeout;
+        let query = QueryApi::spawn(&config).await;
         let study = env.study().await;
         let subject = env.subject(study).await;
         Self {
