@@ -127,7 +127,7 @@ pub async fn run(
     let mut last = None;
     while !shutdown.is_cancelled() {
         let wait = if leader.is_none() {
-            match take_lock(&pool).await {
+            match crate::publisher::become_leader(&pool, CHECKPOINT_LOCK_KEY).await {
                 Ok(conn) => {
                     leader = conn;
                     Duration::ZERO
@@ -154,20 +154,4 @@ pub async fn run(
             () = shutdown.cancelled() => {}
         }
     }
-}
-
-/// Takes the checkpointing lock on a connection of its own (dropping the
-/// connection releases it); `None` when another process holds it.
-async fn take_lock(pool: &PgPool) -> anyhow::Result<Option<sqlx::PgConnection>> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .context("acquiring a connection")?
-        .detach();
-    let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(CHECKPOINT_LOCK_KEY)
-        .fetch_one(&mut conn)
-        .await
-        .context("taking the checkpointing lock")?;
-    Ok(won.then_some(conn))
 }

@@ -73,7 +73,7 @@ pub async fn run(
 ) {
     while !shutdown.is_cancelled() {
         let leader = tokio::select! {
-            leader = become_leader(&pool) => leader,
+            leader = become_leader(&pool, PUBLISH_LOCK_KEY) => leader,
             () = shutdown.cancelled() => return,
         };
         let conn = match leader {
@@ -125,19 +125,20 @@ pub async fn run(
     }
 }
 
-/// Takes the publishing lock on a connection of its own; dropping the
-/// connection closes it, which releases the lock.
-async fn become_leader(pool: &PgPool) -> anyhow::Result<Option<sqlx::PgConnection>> {
+/// Takes the session advisory lock `key` on a connection of its own, which
+/// the caller keeps while it leads; dropping the connection closes it, which
+/// releases the lock. `None` when another process holds it.
+pub async fn become_leader(pool: &PgPool, key: i64) -> anyhow::Result<Option<sqlx::PgConnection>> {
     let mut conn = pool
         .acquire()
         .await
         .context("acquiring a connection")?
         .detach();
     let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(PUBLISH_LOCK_KEY)
+        .bind(key)
         .fetch_one(&mut conn)
         .await
-        .context("taking the publishing lock")?;
+        .with_context(|| format!("taking the advisory lock {key:#x}"))?;
     Ok(won.then_some(conn))
 }
 
