@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Starts the whole system on this machine: the infrastructure, then the
 # services (built in release mode), then loads the real penguin data through
-# the command API and prints a token for each role. Services that already
-# answer are left as they are. Logs and pid files go to .run/; stop the
-# services with scripts/stop.sh.
+# the command API and prints a token for each role, and the verifier key of
+# the development key (made once in .run/) that signs the log's checkpoints.
+# Services that already answer are left as they are. Logs and pid files go
+# to .run/; stop the services with scripts/stop.sh.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 load_env
@@ -37,6 +38,15 @@ start_service() {
 }
 
 command -v curl >/dev/null 2>&1 || { echo "[start] curl is needed" >&2; exit 1; }
+# A development key that signs the log's checkpoints, made once.
+if [ -z "${LOG_SIGNING_KEY:-}" ]; then
+    export LOG_SIGNING_KEY_FILE=${LOG_SIGNING_KEY_FILE:-$ROOT/.run/log-signing.key}
+    if [ ! -f "$LOG_SIGNING_KEY_FILE" ]; then
+        echo "[start] making a development checkpoint key in $LOG_SIGNING_KEY_FILE"
+        "$BIN/log-key" --name "$LOG_ORIGIN" --out "$LOG_SIGNING_KEY_FILE" >/dev/null
+    fi
+    VERIFIER_KEY=$("$BIN/log-key" --verifier-of "$LOG_SIGNING_KEY_FILE")
+fi
 start_service command-api "$COMMAND_API_ADDR"
 start_service projector "$PROJECTOR_ADDR"
 start_service query-api "$QUERY_API_ADDR"
@@ -56,6 +66,9 @@ Tokens for one day (role: token):
   reviewer: $(mint reviewer-1 reviewer)
   reader:   $(mint reader-1 reader)
   auditor:  $(mint auditor-1 auditor)
+
+Checkpoints of the log are signed with the key whose verifier key is:
+  ${VERIFIER_KEY:-(the key given in LOG_SIGNING_KEY)}
 
 Try:  curl -s -X POST http://$COMMAND_API_ADDR/v1/studies -H "Authorization: Bearer \$TOKEN" \\
         -H 'content-type: application/json' -d '{"code":"DEMO-1","title":"Demo","principal_investigator":"You","variables":[{"name":"mass_g","kind":"numeric"}]}'

@@ -289,6 +289,8 @@ async fn publish(
         None => (checkpoint, None),
     };
     *published = Some(last_position);
+    // Where publishing stands; not progress (a retry starts here too).
+    health.note_position(last_position);
     let mut drain_deadline = None;
     let mut checkpoint_saved = tokio::time::Instant::now();
     let mut known_head = last_position;

@@ -86,6 +86,12 @@ impl LoopHealth {
         retry_in
     }
 
+    /// Tells where the loop stands without saying it progressed (a
+    /// failing loop stays failing).
+    pub fn note_position(&self, position: i64) {
+        self.lock().position = position;
+    }
+
     /// The position last reported.
     pub fn position(&self) -> i64 {
         self.lock().position
