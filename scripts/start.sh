@@ -46,6 +46,7 @@ if [ -z "${LOG_SIGNING_KEY:-}" ]; then
         "$BIN/log-key" --name "$LOG_ORIGIN" --out "$LOG_SIGNING_KEY_FILE" >/dev/null
     fi
     VERIFIER_KEY=$("$BIN/log-key" --verifier-of "$LOG_SIGNING_KEY_FILE")
+    export LOG_VERIFIER_KEY=${LOG_VERIFIER_KEY:-$VERIFIER_KEY}
 fi
 start_service command-api "$COMMAND_API_ADDR"
 start_service projector "$PROJECTOR_ADDR"

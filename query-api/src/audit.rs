@@ -47,6 +47,10 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/audit/observations/{id}", get(observation_as_of))
         .route("/v1/audit/head", get(head))
         .route("/v1/audit/verify", get(verify))
+        .route("/v1/audit/checkpoint", get(checkpoint))
+        .route("/v1/audit/log-key", get(log_key))
+        .route("/v1/audit/proof/inclusion", get(inclusion))
+        .route("/v1/audit/proof/consistency", get(consistency))
         .layer(axum::middleware::map_response(no_store))
 }
 
@@ -371,4 +375,147 @@ pub async fn verify(
                           "first_bad_position": f.position, "reason": f.reason}),
     };
     Ok(Json(body).into_response())
+}
+
+/// The newest signed checkpoint's tree size and note, if any.
+async fn newest_checkpoint(pool: &PgPool) -> Result<Option<(i64, String)>, Problem> {
+    sqlx::query_as("SELECT size, note FROM checkpoints ORDER BY signed_at DESC, size DESC LIMIT 1")
+        .fetch_optional(pool)
+        .await
+        .map_err(internal)
+}
+
+fn text_plain(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// The newest signed checkpoint of the log's Merkle tree (a C2SP signed
+/// note).
+#[utoipa::path(get, path = "/v1/audit/checkpoint",
+    responses((status = 200, description = "the signed note", content_type = "text/plain"),
+              (status = 404, description = "no checkpoint signed yet", body = shared::api_doc::ProblemDoc)),
+    security(("bearer" = [])))]
+pub async fn checkpoint(
+    State(state): State<Shared>,
+    principal: Result<Principal, Problem>,
+) -> Result<Response, Problem> {
+    auditor(principal)?;
+    let (_, note) = newest_checkpoint(pool(&state))
+        .await?
+        .ok_or_else(|| Problem::not_found("no checkpoint of the log has been signed yet"))?;
+    Ok(text_plain(note))
+}
+
+/// The verifier key of the checkpoints (`<name>+<key id>+<base64 key>`).
+#[utoipa::path(get, path = "/v1/audit/log-key",
+    responses((status = 200, description = "the verifier key", content_type = "text/plain"),
+              (status = 404, description = "no key configured", body = shared::api_doc::ProblemDoc)),
+    security(("bearer" = [])))]
+pub async fn log_key(
+    State(state): State<Shared>,
+    principal: Result<Principal, Problem>,
+) -> Result<Response, Problem> {
+    auditor(principal)?;
+    let key = state
+        .log_key
+        .as_ref()
+        .ok_or_else(|| Problem::not_found("this service is given no log verifier key"))?;
+    Ok(text_plain(format!("{}\n", key.to_text())))
+}
+
+/// The size of the newest checkpoint, which bounds the trees proofs are
+/// given for (`404` beyond it).
+async fn signed_size(state: &QueryState) -> Result<i64, Problem> {
+    Ok(newest_checkpoint(pool(state))
+        .await?
+        .map_or(0, |(size, _)| size))
+}
+
+fn beyond_checkpoint(size: i64) -> Problem {
+    Problem::not_found(format!(
+        "no checkpoint covers a tree of {size} events yet; ask for the newest checkpoint's size or less"
+    ))
+}
+
+/// The RFC 9162 inclusion proof of the event at `position` in the tree of
+/// `tree_size` events.
+#[utoipa::path(get, path = "/v1/audit/proof/inclusion",
+    params(("position" = i64, Query), ("tree_size" = i64, Query)),
+    responses((status = 200, description = "`{position, tree_size, leaf_hash, hashes}`", content_type = "application/json")),
+    security(("bearer" = [])))]
+pub async fn inclusion(
+    State(state): State<Shared>,
+    principal: Result<Principal, Problem>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let principal = auditor(principal)?;
+    let position = int_param(&params, "position", 0, 1, i64::MAX)?;
+    let tree_size = int_param(&params, "tree_size", 0, 1, i64::MAX)?;
+    if position == 0 || tree_size == 0 {
+        return Err(Problem::bad_request(
+            "position and tree_size are both needed",
+        ));
+    }
+    if position > tree_size {
+        return Err(Problem::bad_request(
+            "the position is outside a tree of that size",
+        ));
+    }
+    if tree_size > signed_size(&state).await? {
+        return Err(beyond_checkpoint(tree_size));
+    }
+    let event: Option<(Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT study_id, hash FROM events WHERE position = $1")
+            .bind(position)
+            .fetch_optional(pool(&state))
+            .await
+            .map_err(internal)?;
+    // Another study's event is, to a limited auditor, no event at all.
+    let hash = match event {
+        Some((study, hash)) if principal.may_access_study(study) => hash,
+        _ => {
+            return Err(Problem::not_found(format!(
+                "there is no event at position {position}"
+            )))
+        }
+    };
+    let mut conn = pool(&state).acquire().await.map_err(internal)?;
+    let proof =
+        shared::merkle_store::prove_inclusion(&mut conn, position as u64 - 1, tree_size as u64)
+            .await
+            .map_err(internal)?;
+    let hashes: Vec<String> = proof.iter().map(hex::encode).collect();
+    Ok(Json(json!({"position": position, "tree_size": tree_size,
+                   "leaf_hash": hex::encode(shared::merkle::leaf_hash(&hash)), "hashes": hashes}))
+    .into_response())
+}
+
+/// The RFC 9162 consistency proof between the trees of `from` and `to`
+/// events.
+#[utoipa::path(get, path = "/v1/audit/proof/consistency",
+    params(("from" = i64, Query), ("to" = i64, Query)),
+    responses((status = 200, description = "`{from, to, hashes}`", content_type = "application/json")),
+    security(("bearer" = [])))]
+pub async fn consistency(
+    State(state): State<Shared>,
+    principal: Result<Principal, Problem>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    auditor(principal)?;
+    let from = int_param(&params, "from", 0, 1, i64::MAX)?;
+    let to = int_param(&params, "to", 0, 1, i64::MAX)?;
+    if from == 0 || to == 0 || from > to {
+        return Err(Problem::bad_request(
+            "from and to are both needed, from at most to",
+        ));
+    }
+    if to > signed_size(&state).await? {
+        return Err(beyond_checkpoint(to));
+    }
+    let mut conn = pool(&state).acquire().await.map_err(internal)?;
+    let proof = shared::merkle_store::prove_consistency(&mut conn, from as u64, to as u64)
+        .await
+        .map_err(internal)?;
+    let hashes: Vec<String> = proof.iter().map(hex::encode).collect();
+    Ok(Json(json!({"from": from, "to": to, "hashes": hashes})).into_response())
 }

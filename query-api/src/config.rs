@@ -73,6 +73,11 @@ pub struct Config {
     /// Required `aud` claim, when set.
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+
+    /// The verifier key of the log's checkpoints (`log-key` prints it),
+    /// served at `/v1/audit/log-key`; empty: none is served.
+    #[arg(long, env = "LOG_VERIFIER_KEY", default_value = "")]
+    pub log_verifier_key: String,
 }
 
 impl Config {

@@ -51,6 +51,8 @@ pub struct QueryState {
     pub consistency_timeout: Duration,
     pub request_timeout: Duration,
     pub metrics: Option<PrometheusHandle>,
+    /// The checkpoints' verifier key, checked at start-up.
+    pub log_key: Option<shared::checkpoint::NoteVerifier>,
 }
 
 impl HasAuthenticator for QueryState {
@@ -116,6 +118,13 @@ impl App {
             consistency_timeout: config.consistency_timeout,
             request_timeout: config.request_timeout,
             metrics,
+            log_key: match config.log_verifier_key.as_str() {
+                "" => None,
+                key => Some(
+                    shared::checkpoint::NoteVerifier::parse(key)
+                        .context("LOG_VERIFIER_KEY is not a signed-note verifier key")?,
+                ),
+            },
         });
         Ok(Self { state, tasks })
     }

@@ -27,7 +27,11 @@ use crate::{audit, http};
         audit::stream_events,
         audit::observation_as_of,
         audit::head,
-        audit::verify
+        audit::verify,
+        audit::checkpoint,
+        audit::log_key,
+        audit::inclusion,
+        audit::consistency
     ),
     components(schemas(ProblemDoc)),
     modifiers(&BearerAuth),

@@ -356,6 +356,7 @@ pub fn query_config(read_url: &str, redis_url: &str, prefix: &str) -> query_api:
         jwt_secret: SECRET.to_owned(),
         jwt_issuer: None,
         jwt_audience: None,
+        log_verifier_key: String::new(),
     }
 }
 

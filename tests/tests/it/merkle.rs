@@ -180,3 +180,160 @@ async fn the_command_api_signs_checkpoints_of_the_tree_and_publishes_them() {
     let _ = js.delete_stream(&name).await;
     api.shutdown().await;
 }
+
+#[tokio::test]
+async fn checkpoints_and_proofs_are_served_to_auditors_and_verify() {
+    use shared::auth::Role;
+    use shared::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
+    use shared::merkle::ProofError;
+
+    let db = tests::TestDb::create().await;
+    let stream = tests::TestStream::new();
+    let signer = NoteSigner::new("research-records.test/log", [7; 32]).unwrap();
+    let mut config = tests::command_config(&db, &stream);
+    config.log_signing_key = signer.to_private_text();
+    let api = tests::CommandApi::spawn(&config).await;
+    let writer = tests::token("alice", &[Role::Writer]);
+    let first = api
+        .post(
+            "/v1/studies",
+            &writer,
+            &tests::penguins()[0].register_body(),
+        )
+        .await;
+    let study: Uuid = first.id();
+    let second = api
+        .post(
+            "/v1/studies",
+            &writer,
+            &tests::penguins()[1].register_body(),
+        )
+        .await;
+    let other_position = second.json()["position"].as_i64().unwrap();
+    let owner = db.pool().await;
+    let head: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
+        .fetch_one(&owner)
+        .await
+        .unwrap();
+    let mut query_config = tests::query_config(&db.url_as(DbRole::Query), "", "");
+    query_config.log_verifier_key = signer.verifier().to_text();
+    let query = tests::QueryApi::spawn(&query_config).await;
+    let auditor = tests::token("audrey", &[Role::Auditor]);
+    let note = tests::wait_until(
+        std::time::Duration::from_secs(20),
+        "a checkpoint of the head",
+        || async {
+            let answer = query.get("/v1/audit/checkpoint", &auditor).await;
+            let note = String::from_utf8(answer.bytes).ok()?;
+            note.contains(&format!("\n{head}\n")).then_some(note)
+        },
+    )
+    .await;
+    // An auditor verifies the checkpoint with the key it was given…
+    let key_text = String::from_utf8(query.get("/v1/audit/log-key", &auditor).await.bytes).unwrap();
+    let verifier = NoteVerifier::parse(&key_text).unwrap();
+    let checkpoint = Checkpoint::verify(&note, &verifier, "research-records.test/log").unwrap();
+    // …then every event's inclusion and the tree's growth against it.
+    let leaves = leaves(&owner).await;
+    for position in 1..=head {
+        let answer = query
+            .get(
+                &format!("/v1/audit/proof/inclusion?position={position}&tree_size={head}"),
+                &auditor,
+            )
+            .await;
+        assert_eq!(answer.status, 200);
+        let proof = answer.json();
+        let hashes: Vec<Hash> = proof["hashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| shared::envelope::parse_hash(h.as_str().unwrap()).unwrap())
+            .collect();
+        let leaf = shared::envelope::parse_hash(proof["leaf_hash"].as_str().unwrap()).unwrap();
+        assert_eq!(leaf, leaves[position as usize - 1]);
+        verify_inclusion(
+            position as u64 - 1,
+            head as u64,
+            &leaf,
+            &hashes,
+            &checkpoint.root,
+        )
+        .unwrap();
+        assert_eq!(
+            verify_inclusion(
+                position as u64 - 1,
+                head as u64,
+                &leaf_hash(b"forged"),
+                &hashes,
+                &checkpoint.root
+            ),
+            Err(ProofError::RootMismatch)
+        );
+    }
+    let answer = query
+        .get(
+            &format!("/v1/audit/proof/consistency?from=1&to={head}"),
+            &auditor,
+        )
+        .await;
+    let hashes: Vec<Hash> = answer.json()["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| shared::envelope::parse_hash(h.as_str().unwrap()).unwrap())
+        .collect();
+    verify_consistency(1, head as u64, &leaves[0], &checkpoint.root, &hashes).unwrap();
+    // Sizes beyond the newest checkpoint, positions out of range, and
+    // another study's events for a limited auditor.
+    query
+        .get(
+            &format!(
+                "/v1/audit/proof/inclusion?position=1&tree_size={}",
+                head + 1
+            ),
+            &auditor,
+        )
+        .await
+        .problem(404);
+    query
+        .get("/v1/audit/proof/inclusion?position=0&tree_size=1", &auditor)
+        .await
+        .problem(400);
+    query
+        .get("/v1/audit/proof/inclusion?position=3&tree_size=2", &auditor)
+        .await
+        .problem(400);
+    query
+        .get("/v1/audit/proof/consistency?from=2&to=1", &auditor)
+        .await
+        .problem(400);
+    let limited = tests::token_for_studies("audra", &[Role::Auditor], &[study]);
+    query
+        .get(
+            &format!("/v1/audit/proof/inclusion?position={other_position}&tree_size={head}"),
+            &limited,
+        )
+        .await
+        .problem(404);
+    assert_eq!(
+        query
+            .get(
+                &format!("/v1/audit/proof/inclusion?position=1&tree_size={head}"),
+                &limited
+            )
+            .await
+            .status,
+        200
+    );
+    query
+        .get("/v1/audit/checkpoint", &writer)
+        .await
+        .problem(403);
+    let _ = stream
+        .jetstream()
+        .await
+        .delete_stream(format!("{}_CHECKPOINTS", stream.name))
+        .await;
+    api.shutdown().await;
+}
