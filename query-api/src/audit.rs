@@ -51,6 +51,7 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/audit/log-key", get(log_key))
         .route("/v1/audit/proof/inclusion", get(inclusion))
         .route("/v1/audit/proof/consistency", get(consistency))
+        .route("/v1/audit/observations/{id}/receipt", get(receipt))
         .layer(axum::middleware::map_response(no_store))
 }
 
@@ -518,4 +519,60 @@ pub async fn consistency(
         .map_err(internal)?;
     let hashes: Vec<String> = proof.iter().map(hex::encode).collect();
     Ok(Json(json!({"from": from, "to": to, "hashes": hashes})).into_response())
+}
+
+/// One document that proves an observation's history offline: its events
+/// (CloudEvents), one inclusion proof per event against the newest
+/// checkpoint, that checkpoint's signed note and the verifier key.
+#[utoipa::path(get, path = "/v1/audit/observations/{id}/receipt", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "`{observation_id, checkpoint, log_key, events, proofs}`", content_type = "application/json"),
+              (status = 404, description = "no such observation under a checkpoint", body = shared::api_doc::ProblemDoc)),
+    security(("bearer" = [])))]
+pub async fn receipt(
+    State(state): State<Shared>,
+    principal: Result<Principal, Problem>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let principal = auditor(principal)?;
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| Problem::bad_request("the id in the path is not a UUID"))?;
+    let unknown = || Problem::not_found(format!("no checkpoint covers an observation {id}"));
+    let (size, note) = newest_checkpoint(pool(&state)).await?.ok_or_else(unknown)?;
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 AND position <= $2 ORDER BY stream_version"
+    );
+    let events = sqlx::query(&sql)
+        .bind(id)
+        .bind(size)
+        .try_map(|row: PgRow| event_from_row(&row))
+        .fetch_all(pool(&state))
+        .await
+        .map_err(internal)?;
+    // Another study's observation is, to a limited auditor, none at all.
+    let visible = events.first().is_some_and(|e| {
+        e.aggregate_type == "observation" && principal.may_access_study(e.study_id)
+    });
+    if !visible {
+        return Err(unknown());
+    }
+    let mut conn = pool(&state).acquire().await.map_err(internal)?;
+    let mut proofs = Vec::with_capacity(events.len());
+    let mut cloud_events = Vec::with_capacity(events.len());
+    for e in &events {
+        let proof =
+            shared::merkle_store::prove_inclusion(&mut conn, e.position as u64 - 1, size as u64)
+                .await
+                .map_err(internal)?;
+        let hashes: Vec<String> = proof.iter().map(hex::encode).collect();
+        proofs.push(json!({"position": e.position, "tree_size": size,
+                           "leaf_hash": hex::encode(shared::merkle::leaf_hash(&e.hash)), "hashes": hashes}));
+        let raw = serde_json::value::RawValue::from_string(e.to_cloud_event()).map_err(internal)?;
+        cloud_events.push(raw);
+    }
+    let log_key = state.log_key.as_ref().map(|k| k.to_text());
+    Ok(Json(
+        json!({"observation_id": id, "checkpoint": note, "log_key": log_key,
+                   "events": cloud_events, "proofs": proofs}),
+    )
+    .into_response())
 }

@@ -31,7 +31,8 @@ use crate::{audit, http};
         audit::checkpoint,
         audit::log_key,
         audit::inclusion,
-        audit::consistency
+        audit::consistency,
+        audit::receipt
     ),
     components(schemas(ProblemDoc)),
     modifiers(&BearerAuth),

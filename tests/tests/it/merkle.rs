@@ -337,3 +337,115 @@ async fn checkpoints_and_proofs_are_served_to_auditors_and_verify() {
         .await;
     api.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_receipt_proves_an_observations_history_offline() {
+    use shared::auth::Role;
+    use shared::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
+    use shared::envelope::{parse_hash, StoredEvent};
+
+    let db = tests::TestDb::create().await;
+    let stream = tests::TestStream::new();
+    let signer = NoteSigner::new("research-records.test/log", [11; 32]).unwrap();
+    let trusted = signer.verifier();
+    let mut config = tests::command_config(&db, &stream);
+    config.log_signing_key = signer.to_private_text();
+    let api = tests::CommandApi::spawn(&config).await;
+    let alice = tests::token("alice", &[Role::Writer]);
+    let bob = tests::token("bob", &[Role::Writer]);
+    let penguins = &tests::penguins()[0];
+    let study = api
+        .post("/v1/studies", &alice, &penguins.register_body())
+        .await
+        .id();
+    let subject = api
+        .post(
+            &format!("/v1/studies/{study}/subjects"),
+            &alice,
+            &json!({"label": "N1A1"}),
+        )
+        .await
+        .id();
+    let observation = api
+        .post(
+            &format!("/v1/subjects/{subject}/observations"),
+            &alice,
+            &penguins.subjects[0].observations[0].record_body(),
+        )
+        .await
+        .id();
+    let corrected = api
+        .post(
+            &format!("/v1/observations/{observation}/corrections"),
+            &bob,
+            &json!({"values": {"body_mass_g": 3800}, "reason": "scale recalibrated"}),
+        )
+        .await;
+    assert_eq!(corrected.status, 200);
+    let head = corrected.json()["position"].as_i64().unwrap();
+    let mut query_config = tests::query_config(&db.url_as(DbRole::Query), "", "");
+    query_config.log_verifier_key = trusted.to_text();
+    let query = tests::QueryApi::spawn(&query_config).await;
+    let auditor = tests::token("audrey", &[Role::Auditor]);
+    let path = format!("/v1/audit/observations/{observation}/receipt");
+    let receipt = tests::wait_until(
+        std::time::Duration::from_secs(20),
+        "a receipt at the head",
+        || async {
+            let answer = query.get(&path, &auditor).await;
+            let receipt = answer.json();
+            (receipt["events"].as_array()?.len() == 2).then_some(receipt)
+        },
+    )
+    .await;
+    // Offline, with nothing but the receipt and a key trusted beforehand.
+    assert_eq!(receipt["log_key"], trusted.to_text());
+    let checkpoint = Checkpoint::verify(
+        receipt["checkpoint"].as_str().unwrap(),
+        &NoteVerifier::parse(&trusted.to_text()).unwrap(),
+        "research-records.test/log",
+    )
+    .unwrap();
+    assert!(checkpoint.size as i64 >= head);
+    let events = receipt["events"].as_array().unwrap();
+    let proofs = receipt["proofs"].as_array().unwrap();
+    assert_eq!(events.len(), proofs.len());
+    for (event, proof) in events.iter().zip(proofs) {
+        let stored = StoredEvent::from_cloud_event(&event.to_string()).unwrap();
+        assert_eq!(stored.compute_hash(), stored.hash, "the event's own hash");
+        assert_eq!(stored.aggregate_id, observation);
+        let leaf = leaf_hash(&stored.hash);
+        assert_eq!(proof["leaf_hash"], hex::encode(leaf));
+        let hashes: Vec<Hash> = proof["hashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| parse_hash(h.as_str().unwrap()).unwrap())
+            .collect();
+        verify_inclusion(
+            stored.position as u64 - 1,
+            checkpoint.size,
+            &leaf,
+            &hashes,
+            &checkpoint.root,
+        )
+        .unwrap();
+    }
+    // Another study's observation is, to a limited auditor, unknown.
+    let limited = tests::token_for_studies("audra", &[Role::Auditor], &[Uuid::now_v7()]);
+    let hidden = query.get(&path, &limited).await.problem(404);
+    let missing = query
+        .get(
+            &format!("/v1/audit/observations/{}/receipt", Uuid::now_v7()),
+            &limited,
+        )
+        .await
+        .problem(404);
+    assert_eq!(hidden["title"], missing["title"]);
+    let _ = stream
+        .jetstream()
+        .await
+        .delete_stream(format!("{}_CHECKPOINTS", stream.name))
+        .await;
+    api.shutdown().await;
+}
