@@ -219,8 +219,7 @@ pub async fn stream_events(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let principal = auditor(principal)?;
-    let id = Uuid::parse_str(&id)
-        .map_err(|_| Problem::bad_request("the id in the path is not a UUID"))?;
+    let id = crate::http::parse_id(&id)?;
     visible_stream(&state, &principal, id).await?;
     let pool = pool(&state).clone();
     let sql = format!(
@@ -264,8 +263,7 @@ pub async fn observation_as_of(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
     let principal = auditor(principal)?;
-    let id = Uuid::parse_str(&id)
-        .map_err(|_| Problem::bad_request("the id in the path is not a UUID"))?;
+    let id = crate::http::parse_id(&id)?;
     let as_of = match params.get("as_of") {
         None => Utc::now(),
         Some(raw) => DateTime::parse_from_rfc3339(raw)
@@ -481,14 +479,27 @@ pub async fn inclusion(
         }
     };
     let mut conn = pool(&state).acquire().await.map_err(internal)?;
-    let proof =
-        shared::merkle_store::prove_inclusion(&mut conn, position as u64 - 1, tree_size as u64)
-            .await
-            .map_err(internal)?;
-    let hashes: Vec<String> = proof.iter().map(hex::encode).collect();
-    Ok(Json(json!({"position": position, "tree_size": tree_size,
-                   "leaf_hash": hex::encode(shared::merkle::leaf_hash(&hash)), "hashes": hashes}))
-    .into_response())
+    let proof = inclusion_document(&mut conn, position, &hash, tree_size).await?;
+    Ok(Json(proof).into_response())
+}
+
+/// `{position, tree_size, leaf_hash, hashes}`: the inclusion proof of the
+/// event at `position` (whose chain hash is `hash`), hashes in hex.
+async fn inclusion_document(
+    conn: &mut sqlx::PgConnection,
+    position: i64,
+    hash: &[u8],
+    tree_size: i64,
+) -> Result<serde_json::Value, Problem> {
+    let proof = shared::merkle_store::prove_inclusion(conn, position as u64 - 1, tree_size as u64)
+        .await
+        .map_err(internal)?;
+    Ok(json!({"position": position, "tree_size": tree_size,
+              "leaf_hash": hex::encode(shared::merkle::leaf_hash(hash)), "hashes": hex_all(&proof)}))
+}
+
+fn hex_all(hashes: &[shared::merkle::Hash]) -> Vec<String> {
+    hashes.iter().map(hex::encode).collect()
 }
 
 /// The RFC 9162 consistency proof between the trees of `from` and `to`
@@ -517,8 +528,7 @@ pub async fn consistency(
     let proof = shared::merkle_store::prove_consistency(&mut conn, from as u64, to as u64)
         .await
         .map_err(internal)?;
-    let hashes: Vec<String> = proof.iter().map(hex::encode).collect();
-    Ok(Json(json!({"from": from, "to": to, "hashes": hashes})).into_response())
+    Ok(Json(json!({"from": from, "to": to, "hashes": hex_all(&proof)})).into_response())
 }
 
 /// One document that proves an observation's history offline: its events
@@ -534,8 +544,7 @@ pub async fn receipt(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let principal = auditor(principal)?;
-    let id = Uuid::parse_str(&id)
-        .map_err(|_| Problem::bad_request("the id in the path is not a UUID"))?;
+    let id = crate::http::parse_id(&id)?;
     let unknown = || Problem::not_found(format!("no checkpoint covers an observation {id}"));
     let (size, note) = newest_checkpoint(pool(&state)).await?.ok_or_else(unknown)?;
     let sql = format!(
@@ -559,13 +568,7 @@ pub async fn receipt(
     let mut proofs = Vec::with_capacity(events.len());
     let mut cloud_events = Vec::with_capacity(events.len());
     for e in &events {
-        let proof =
-            shared::merkle_store::prove_inclusion(&mut conn, e.position as u64 - 1, size as u64)
-                .await
-                .map_err(internal)?;
-        let hashes: Vec<String> = proof.iter().map(hex::encode).collect();
-        proofs.push(json!({"position": e.position, "tree_size": size,
-                           "leaf_hash": hex::encode(shared::merkle::leaf_hash(&e.hash)), "hashes": hashes}));
+        proofs.push(inclusion_document(&mut conn, e.position, &e.hash, size).await?);
         let raw = serde_json::value::RawValue::from_string(e.to_cloud_event()).map_err(internal)?;
         cloud_events.push(raw);
     }

@@ -180,9 +180,11 @@ impl Drop for TestStream {
             {
                 rt.block_on(async {
                     if let Ok(client) = async_nats::connect(nats_url()).await {
-                        let _ = async_nats::jetstream::new(client)
-                            .delete_stream(&name)
-                            .await;
+                        let js = async_nats::jetstream::new(client);
+                        // The events' stream, and the checkpoints' one when
+                        // the command API signed checkpoints.
+                        let _ = js.delete_stream(&name).await;
+                        let _ = js.delete_stream(format!("{name}_CHECKPOINTS")).await;
                     }
                 });
             }

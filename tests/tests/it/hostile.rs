@@ -60,6 +60,14 @@ impl Pipeline {
             .unwrap()
     }
 
+    /// The position of the newest event.
+    pub async fn head(&self) -> i64 {
+        sqlx::query_scalar("SELECT max(position) FROM events")
+            .fetch_one(&self.env.db.pool().await)
+            .await
+            .unwrap()
+    }
+
     /// Reads `path` with `token` once the answer reflects `position`.
     pub async fn read_at(&self, path: &str, token: &str, position: i64) -> Answer {
         let position = position.to_string();
@@ -442,10 +450,7 @@ async fn second_study(p: &Pipeline) -> (Uuid, Uuid, Uuid, Uuid) {
 async fn a_limited_auditor_reads_its_own_studies_events_only() {
     let p = Pipeline::start().await;
     let (b, b_subject, b_observation, _) = second_study(&p).await;
-    let head: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
-        .fetch_one(&p.env.db.pool().await)
-        .await
-        .unwrap();
+    let head = p.head().await;
     let limited = token_for_studies("audra", &[Role::Auditor], &[p.study]);
     let answer = p
         .read_at("/v1/audit/events?limit=100000", &limited, head)
@@ -504,10 +509,7 @@ async fn a_limited_auditor_reads_its_own_studies_events_only() {
 async fn another_studys_records_are_unknown_ids_to_a_limited_token() {
     let p = Pipeline::start().await;
     let (b, b_subject, b_observation, a_observation) = second_study(&p).await;
-    let head: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
-        .fetch_one(&p.env.db.pool().await)
-        .await
-        .unwrap();
+    let head = p.head().await;
     let reader = token_for_studies("rhea", &[Role::Reader], &[p.study]);
     let code = tests::penguins()[1].code.clone();
     let unknown = Uuid::now_v7();

@@ -112,17 +112,60 @@ async fn only_the_command_api_role_extends_the_tree() {
     assert_eq!(extend(&command, 10).await.unwrap(), 3);
 }
 
+/// A command API that signs checkpoints with a key made from `seed`.
+struct Signing {
+    db: tests::TestDb,
+    stream: tests::TestStream,
+    signer: shared::checkpoint::NoteSigner,
+    api: tests::CommandApi,
+}
+
+impl Signing {
+    async fn start(seed: u8) -> Self {
+        let db = tests::TestDb::create().await;
+        let stream = tests::TestStream::new();
+        let signer =
+            shared::checkpoint::NoteSigner::new("research-records.test/log", [seed; 32]).unwrap();
+        let mut config = tests::command_config(&db, &stream);
+        config.log_signing_key = signer.to_private_text();
+        let api = tests::CommandApi::spawn(&config).await;
+        Self {
+            db,
+            stream,
+            signer,
+            api,
+        }
+    }
+
+    /// A query API on the same database, serving the verifier key.
+    async fn query(&self) -> tests::QueryApi {
+        let mut config = tests::query_config(&self.db.url_as(DbRole::Query), "", "");
+        config.log_verifier_key = self.signer.verifier().to_text();
+        tests::QueryApi::spawn(&config).await
+    }
+}
+
+/// The hex hashes of a proof document.
+fn proof_hashes(proof: &serde_json::Value) -> Vec<Hash> {
+    proof["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| shared::envelope::parse_hash(h.as_str().unwrap()).unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn the_command_api_signs_checkpoints_of_the_tree_and_publishes_them() {
-    use shared::checkpoint::{Checkpoint, NoteSigner};
+    use shared::checkpoint::Checkpoint;
 
-    let db = tests::TestDb::create().await;
-    let stream = tests::TestStream::new();
-    let signer = NoteSigner::new("research-records.test/log", [42; 32]).unwrap();
+    let Signing {
+        db,
+        stream,
+        signer,
+        api,
+    } = Signing::start(42).await;
     let verifier = signer.verifier();
-    let mut config = tests::command_config(&db, &stream);
-    config.log_signing_key = signer.to_private_text();
-    let api = tests::CommandApi::spawn(&config).await;
     let writer = tests::token("alice", &[shared::auth::Role::Writer]);
     let study = tests::penguins()[0].register_body();
     assert_eq!(api.post("/v1/studies", &writer, &study).await.status, 201);
@@ -177,22 +220,17 @@ async fn the_command_api_signs_checkpoints_of_the_tree_and_publishes_them() {
         .await
         .unwrap();
     assert_eq!(ready["checkpointer"]["ok"], true, "{ready}");
-    let _ = js.delete_stream(&name).await;
     api.shutdown().await;
 }
 
 #[tokio::test]
 async fn checkpoints_and_proofs_are_served_to_auditors_and_verify() {
     use shared::auth::Role;
-    use shared::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
+    use shared::checkpoint::{Checkpoint, NoteVerifier};
     use shared::merkle::ProofError;
 
-    let db = tests::TestDb::create().await;
-    let stream = tests::TestStream::new();
-    let signer = NoteSigner::new("research-records.test/log", [7; 32]).unwrap();
-    let mut config = tests::command_config(&db, &stream);
-    config.log_signing_key = signer.to_private_text();
-    let api = tests::CommandApi::spawn(&config).await;
+    let signing = Signing::start(7).await;
+    let (db, api) = (&signing.db, &signing.api);
     let writer = tests::token("alice", &[Role::Writer]);
     let first = api
         .post(
@@ -215,9 +253,7 @@ async fn checkpoints_and_proofs_are_served_to_auditors_and_verify() {
         .fetch_one(&owner)
         .await
         .unwrap();
-    let mut query_config = tests::query_config(&db.url_as(DbRole::Query), "", "");
-    query_config.log_verifier_key = signer.verifier().to_text();
-    let query = tests::QueryApi::spawn(&query_config).await;
+    let query = signing.query().await;
     let auditor = tests::token("audrey", &[Role::Auditor]);
     let note = tests::wait_until(
         std::time::Duration::from_secs(20),
@@ -244,12 +280,7 @@ async fn checkpoints_and_proofs_are_served_to_auditors_and_verify() {
             .await;
         assert_eq!(answer.status, 200);
         let proof = answer.json();
-        let hashes: Vec<Hash> = proof["hashes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| shared::envelope::parse_hash(h.as_str().unwrap()).unwrap())
-            .collect();
+        let hashes = proof_hashes(&proof);
         let leaf = shared::envelope::parse_hash(proof["leaf_hash"].as_str().unwrap()).unwrap();
         assert_eq!(leaf, leaves[position as usize - 1]);
         verify_inclusion(
@@ -277,12 +308,7 @@ async fn checkpoints_and_proofs_are_served_to_auditors_and_verify() {
             &auditor,
         )
         .await;
-    let hashes: Vec<Hash> = answer.json()["hashes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| shared::envelope::parse_hash(h.as_str().unwrap()).unwrap())
-        .collect();
+    let hashes = proof_hashes(&answer.json());
     verify_consistency(1, head as u64, &leaves[0], &checkpoint.root, &hashes).unwrap();
     // Sizes beyond the newest checkpoint, positions out of range, and
     // another study's events for a limited auditor.
@@ -330,27 +356,18 @@ async fn checkpoints_and_proofs_are_served_to_auditors_and_verify() {
         .get("/v1/audit/checkpoint", &writer)
         .await
         .problem(403);
-    let _ = stream
-        .jetstream()
-        .await
-        .delete_stream(format!("{}_CHECKPOINTS", stream.name))
-        .await;
-    api.shutdown().await;
+    signing.api.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_receipt_proves_an_observations_history_offline() {
     use shared::auth::Role;
-    use shared::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
-    use shared::envelope::{parse_hash, StoredEvent};
+    use shared::checkpoint::{Checkpoint, NoteVerifier};
+    use shared::envelope::StoredEvent;
 
-    let db = tests::TestDb::create().await;
-    let stream = tests::TestStream::new();
-    let signer = NoteSigner::new("research-records.test/log", [11; 32]).unwrap();
-    let trusted = signer.verifier();
-    let mut config = tests::command_config(&db, &stream);
-    config.log_signing_key = signer.to_private_text();
-    let api = tests::CommandApi::spawn(&config).await;
+    let signing = Signing::start(11).await;
+    let api = &signing.api;
+    let trusted = signing.signer.verifier();
     let alice = tests::token("alice", &[Role::Writer]);
     let bob = tests::token("bob", &[Role::Writer]);
     let penguins = &tests::penguins()[0];
@@ -383,9 +400,7 @@ async fn a_receipt_proves_an_observations_history_offline() {
         .await;
     assert_eq!(corrected.status, 200);
     let head = corrected.json()["position"].as_i64().unwrap();
-    let mut query_config = tests::query_config(&db.url_as(DbRole::Query), "", "");
-    query_config.log_verifier_key = trusted.to_text();
-    let query = tests::QueryApi::spawn(&query_config).await;
+    let query = signing.query().await;
     let auditor = tests::token("audrey", &[Role::Auditor]);
     let path = format!("/v1/audit/observations/{observation}/receipt");
     let receipt = tests::wait_until(
@@ -416,12 +431,7 @@ async fn a_receipt_proves_an_observations_history_offline() {
         assert_eq!(stored.aggregate_id, observation);
         let leaf = leaf_hash(&stored.hash);
         assert_eq!(proof["leaf_hash"], hex::encode(leaf));
-        let hashes: Vec<Hash> = proof["hashes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| parse_hash(h.as_str().unwrap()).unwrap())
-            .collect();
+        let hashes = proof_hashes(proof);
         verify_inclusion(
             stored.position as u64 - 1,
             checkpoint.size,
@@ -442,10 +452,5 @@ async fn a_receipt_proves_an_observations_history_offline() {
         .await
         .problem(404);
     assert_eq!(hidden["title"], missing["title"]);
-    let _ = stream
-        .jetstream()
-        .await
-        .delete_stream(format!("{}_CHECKPOINTS", stream.name))
-        .await;
-    api.shutdown().await;
+    signing.api.shutdown().await;
 }
