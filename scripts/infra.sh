@@ -44,6 +44,19 @@ wait_port() {
     die "$what did not come up on port $port"
 }
 
+# A PostgreSQL server may have its port open and still refuse sessions while
+# it starts or recovers after a crash: wait until it accepts them (up to
+# PG_READY_TIMEOUT seconds, 300 by default), saying so once.
+wait_accepting() {
+    local port=$1 what=$2 waited=0 limit=${PG_READY_TIMEOUT:-300}
+    until pg_isready -q -h 127.0.0.1 -p "$port"; do
+        [ $waited -eq 0 ] && say "$what on $port does not accept sessions yet (starting or recovering); waiting up to ${limit}s"
+        [ $waited -ge $((limit * 2)) ] && die "$what on $port still refuses sessions after ${limit}s; see its log"
+        sleep 0.5
+        waited=$((waited + 1))
+    done
+}
+
 apt_updated=0
 ensure_package() {
     local command=$1 package=$2
@@ -78,6 +91,7 @@ else
     as_root pg_ctlcluster --skip-systemctl-redirect "$PG_MAJOR" main start
     wait_port "$PG_PORT" PostgreSQL
 fi
+wait_accepting "$PG_PORT" PostgreSQL
 
 psql_admin() {
     # Trust on 127.0.0.1 where configured, else peer auth as the postgres user.
@@ -127,6 +141,7 @@ standby_ok() {
 }
 
 if port_open "$REPLICA_PORT"; then
+    wait_accepting "$REPLICA_PORT" "the hot standby"
     standby_ok || die "port $REPLICA_PORT is taken by something that is not a hot standby"
     say "hot standby already runs on $REPLICA_PORT"
 else
@@ -161,6 +176,7 @@ CONF
     say "starting the hot standby on $REPLICA_PORT"
     as_postgres "$PG_BIN/pg_ctl" -D "$REPLICA_DIR" -l "$REPLICA_DIR/standby.log" -w start >/dev/null
     wait_port "$REPLICA_PORT" "hot standby"
+    wait_accepting "$REPLICA_PORT" "the hot standby"
     standby_ok || die "the server on $REPLICA_PORT is not in recovery; see $REPLICA_DIR/standby.log"
 fi
 
