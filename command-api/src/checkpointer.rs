@@ -20,8 +20,6 @@ use tokio_util::sync::CancellationToken;
 /// Advisory lock key held by the checkpointing process (`'treeckpt'`).
 pub const CHECKPOINT_LOCK_KEY: i64 = 0x7472_6565_636b_7074;
 
-/// Most events added to the tree in one transaction.
-const EXTEND_BATCH: i64 = 10_000;
 /// A checkpoint at least this often while idle.
 const IDLE_EVERY: Duration = Duration::from_secs(60);
 /// And at most this often while the log grows.
@@ -30,6 +28,8 @@ const GROWING_EVERY: Duration = Duration::from_secs(1);
 pub struct CheckpointerConfig {
     pub signer: NoteSigner,
     pub origin: String,
+    /// Most events added to the tree in one transaction.
+    pub batch: i64,
     /// JetStream stream and subject of the signed notes.
     pub stream: String,
     pub subject: String,
@@ -67,21 +67,78 @@ pub async fn ensure_stream(
     Ok(())
 }
 
+/// The last checkpoint this log signed, and when this process saw it.
+pub struct LastSigned {
+    pub checkpoint: Checkpoint,
+    at: Instant,
+}
+
+/// The newest checkpoint signed with this key: the last note in JetStream
+/// (outside the database) when it holds one, else the newest stored row;
+/// `None` for a log never checkpointed. Notes that do not verify with the
+/// key are not taken for ours.
+pub async fn last_signed(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    config: &CheckpointerConfig,
+) -> anyhow::Result<Option<LastSigned>> {
+    let verifier = config.signer.verifier();
+    let open = |note: &str| Checkpoint::verify(note, &verifier, &config.origin).ok();
+    let stream = js
+        .get_stream(&config.stream)
+        .await
+        .with_context(|| format!("opening JetStream stream {}", config.stream))?;
+    let published = match stream
+        .get_last_raw_message_by_subject(&config.subject)
+        .await
+    {
+        Ok(message) => std::str::from_utf8(&message.payload).ok().and_then(open),
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => None,
+        Err(e) => return Err(e).context("reading the last published checkpoint"),
+    };
+    let stored: Option<String> = sqlx::query_scalar(
+        "SELECT note FROM checkpoints ORDER BY size DESC, signed_at DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+    .context("reading the newest checkpoint")?;
+    let stored = stored.as_deref().and_then(open);
+    let newest = match (published, stored) {
+        (Some(p), Some(s)) => Some(if s.size > p.size { s } else { p }),
+        (p, s) => p.or(s),
+    };
+    Ok(newest.map(|checkpoint| LastSigned {
+        checkpoint,
+        at: Instant::now(),
+    }))
+}
+
 /// Extends the tree once and signs a checkpoint if one is due; answers the
-/// tree's size. `last` is the size and time of the last signed checkpoint.
+/// tree's size. A checkpoint is signed only when the tree continues the
+/// last one signed (`last`): a tree that shrank, forked or changed below
+/// it is refused, so the key never vouches for a rewritten past.
 pub async fn step(
     pool: &PgPool,
     js: &jetstream::Context,
     config: &CheckpointerConfig,
-    last: &mut Option<(u64, Instant)>,
+    last: &mut Option<LastSigned>,
 ) -> anyhow::Result<u64> {
-    let size = merkle_store::extend(pool, EXTEND_BATCH)
-        .await
-        .context("extending the Merkle tree")?;
-    let due = match *last {
+    // Batch after batch until the tree has every committed event.
+    let mut size;
+    loop {
+        let before = merkle_store::size(&mut *pool.acquire().await?).await?;
+        size = merkle_store::extend(pool, config.batch)
+            .await
+            .context("extending the Merkle tree")?;
+        if size < before + config.batch as u64 {
+            break;
+        }
+    }
+    let due = match last {
         None => true,
-        Some((signed, at)) => {
-            (size > signed && at.elapsed() >= GROWING_EVERY) || at.elapsed() >= IDLE_EVERY
+        Some(last) => {
+            let elapsed = last.at.elapsed();
+            (size > last.checkpoint.size && elapsed >= GROWING_EVERY) || elapsed >= IDLE_EVERY
         }
     };
     if !due || size == 0 {
@@ -91,12 +148,25 @@ pub async fn step(
     let root = merkle_store::root_at(&mut conn, size)
         .await
         .context("computing the tree's root")?;
-    drop(conn);
     let checkpoint = Checkpoint {
         origin: config.origin.clone(),
         size,
         root,
     };
+    if let Some(last) = last.as_ref() {
+        let old = last.checkpoint.size;
+        let proof = if old == 0 || size <= old {
+            Vec::new()
+        } else {
+            merkle_store::prove_consistency(&mut conn, old, size)
+                .await
+                .context("proving the tree's consistency with the last checkpoint")?
+        };
+        last.checkpoint
+            .continued_by(&checkpoint, &proof)
+            .context("refusing to sign the tree")?;
+    }
+    drop(conn);
     let note = checkpoint.sign(&config.signer);
     sqlx::query("INSERT INTO checkpoints (size, root, note, signed_at) VALUES ($1, $2, $3, now())")
         .bind(size as i64)
@@ -105,7 +175,10 @@ pub async fn step(
         .execute(pool)
         .await
         .context("storing a checkpoint")?;
-    *last = Some((size, Instant::now()));
+    *last = Some(LastSigned {
+        checkpoint,
+        at: Instant::now(),
+    });
     js.publish(config.subject.clone(), note.into_bytes().into())
         .await
         .context("publishing a checkpoint")?
@@ -128,10 +201,15 @@ pub async fn run(
     while !shutdown.is_cancelled() {
         let wait = if leader.is_none() {
             match crate::publisher::become_leader(&pool, CHECKPOINT_LOCK_KEY).await {
-                Ok(conn) => {
-                    leader = conn;
-                    Duration::ZERO
-                }
+                Ok(Some(conn)) => match last_signed(&pool, &js, &config).await {
+                    Ok(signed) => {
+                        last = signed;
+                        leader = Some(conn);
+                        Duration::ZERO
+                    }
+                    Err(error) => health.failed(health.position(), &error),
+                },
+                Ok(None) => Duration::ZERO,
                 Err(error) => health.failed(health.position(), &error),
             }
         } else {

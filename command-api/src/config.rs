@@ -86,6 +86,12 @@ pub struct Config {
     )]
     pub log_origin: String,
 
+    /// Most events added to the Merkle tree in one transaction (the tree
+    /// catches up batch after batch; a crash loses at most one).
+    #[arg(long, env = "LOG_TREE_BATCH", default_value_t = 10_000,
+          value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub log_tree_batch: i64,
+
     /// Longest time a request may take before it is answered 503.
     #[arg(long, env = "COMMAND_API_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,

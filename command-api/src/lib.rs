@@ -99,6 +99,7 @@ impl App {
                 let checkpoints = checkpointer::CheckpointerConfig {
                     signer,
                     origin: config.log_origin.clone(),
+                    batch: config.log_tree_batch,
                     stream: format!("{}_CHECKPOINTS", config.nats_stream),
                     subject: format!("{}-checkpoints", config.nats_subject_prefix),
                 };

@@ -19,6 +19,7 @@ use shared::domain::{apply, AggregateState};
 use shared::envelope::StoredEvent;
 use shared::problem::Problem;
 use shared::projection::ObservationView;
+use shared::receipt::{InclusionProof, Receipt};
 use shared::store::{event_from_row, EventStore, EVENT_COLUMNS};
 use shared::verify::Verifier;
 use sqlx::postgres::PgRow;
@@ -52,6 +53,8 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/audit/proof/inclusion", get(inclusion))
         .route("/v1/audit/proof/consistency", get(consistency))
         .route("/v1/audit/observations/{id}/receipt", get(receipt))
+        .route("/v1/audit/log/checkpoint", get(checkpoint))
+        .route("/v1/audit/log/tile/{*path}", get(tile))
         .layer(axum::middleware::map_response(no_store))
 }
 
@@ -479,23 +482,27 @@ pub async fn inclusion(
         }
     };
     let mut conn = pool(&state).acquire().await.map_err(internal)?;
-    let proof = inclusion_document(&mut conn, position, &hash, tree_size).await?;
+    let proof = inclusion_proof(&mut conn, position, &hash, tree_size).await?;
     Ok(Json(proof).into_response())
 }
 
-/// `{position, tree_size, leaf_hash, hashes}`: the inclusion proof of the
-/// event at `position` (whose chain hash is `hash`), hashes in hex.
-async fn inclusion_document(
+/// The inclusion proof of the event at `position` (whose chain hash is
+/// `hash`) in the tree of `tree_size` events.
+async fn inclusion_proof(
     conn: &mut sqlx::PgConnection,
     position: i64,
     hash: &[u8],
     tree_size: i64,
-) -> Result<serde_json::Value, Problem> {
+) -> Result<InclusionProof, Problem> {
     let proof = shared::merkle_store::prove_inclusion(conn, position as u64 - 1, tree_size as u64)
         .await
         .map_err(internal)?;
-    Ok(json!({"position": position, "tree_size": tree_size,
-              "leaf_hash": hex::encode(shared::merkle::leaf_hash(hash)), "hashes": hex_all(&proof)}))
+    Ok(InclusionProof::new(
+        position,
+        tree_size as u64,
+        hash,
+        &proof,
+    ))
 }
 
 fn hex_all(hashes: &[shared::merkle::Hash]) -> Vec<String> {
@@ -568,14 +575,175 @@ pub async fn receipt(
     let mut proofs = Vec::with_capacity(events.len());
     let mut cloud_events = Vec::with_capacity(events.len());
     for e in &events {
-        proofs.push(inclusion_document(&mut conn, e.position, &e.hash, size).await?);
+        proofs.push(inclusion_proof(&mut conn, e.position, &e.hash, size).await?);
         let raw = serde_json::value::RawValue::from_string(e.to_cloud_event()).map_err(internal)?;
         cloud_events.push(raw);
     }
-    let log_key = state.log_key.as_ref().map(|k| k.to_text());
-    Ok(Json(
-        json!({"observation_id": id, "checkpoint": note, "log_key": log_key,
-                   "events": cloud_events, "proofs": proofs}),
-    )
+    // The events go out as their CloudEvents text, byte for byte, so that
+    // a verifier in any language can take each `data` as it was hashed.
+    Ok(Json(Receipt {
+        observation_id: id,
+        checkpoint: note,
+        log_key: state.log_key.as_ref().map(|k| k.to_text()),
+        events: cloud_events,
+        proofs,
+    })
     .into_response())
+}
+
+/// A tile path of C2SP `tlog-tiles` below `tile/`: `<L>/<N>[.p/<W>]` for
+/// the hashes of level `L`, `entries/<N>[.p/<W>]` for an entry bundle; `N`
+/// in three-digit elements, all but the last prefixed with `x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TilePath {
+    /// `None` for an entry bundle.
+    pub level: Option<u8>,
+    pub n: u64,
+    /// Hashes (or entries) in it: 256 for a full tile.
+    pub width: usize,
+}
+
+impl TilePath {
+    pub fn parse(path: &str) -> Option<Self> {
+        let (head, rest) = path.split_once('/')?;
+        let level = if head == "entries" {
+            None
+        } else {
+            let level: u8 = head.parse().ok().filter(|l| *l < 64)?;
+            Some((head == level.to_string()).then_some(level)?)
+        };
+        let (index, width) = match rest.split_once(".p/") {
+            Some((index, w)) => {
+                let w: usize = w.parse().ok().filter(|w| (1..256).contains(w))?;
+                (w.to_string() == rest.split_once(".p/")?.1).then_some((index, w))?
+            }
+            None => (rest, shared::merkle::TILE_WIDTH as usize),
+        };
+        let elements: Vec<&str> = index.split('/').collect();
+        let (last, leading) = elements.split_last()?;
+        let three = |e: &str| e.len() == 3 && e.bytes().all(|b| b.is_ascii_digit());
+        let mut n: u64 = 0;
+        for element in leading {
+            let digits = element.strip_prefix('x').filter(|d| three(d))?;
+            n = n.checked_mul(1000)?.checked_add(digits.parse().ok()?)?;
+        }
+        if !three(last) || leading.len() > 6 || (!leading.is_empty() && leading[0] == "x000") {
+            return None;
+        }
+        n = n.checked_mul(1000)?.checked_add(last.parse().ok()?)?;
+        Some(Self { level, n, width })
+    }
+}
+
+/// A tile or entry bundle of the log's Merkle tree in the C2SP
+/// `tlog-tiles` layout (tile height 8), so that standard tlog clients can
+/// check proofs themselves. A full tile never changes; a partial one
+/// (`.p/<W>`) is served when the tree holds at least its `W` hashes. Tiles
+/// hold hashes only, as consistency proofs do; entry bundles (each entry
+/// the 32-byte chain hash of an event, after a two-byte length) speak for
+/// every study's events and need an unlimited auditor.
+#[utoipa::path(get, path = "/v1/audit/log/tile/{path}", params(("path" = String, Path)),
+    responses((status = 200, description = "the tile's hashes, or the entry bundle", content_type = "application/octet-stream"),
+              (status = 404, description = "no such tile in the tree", body = shared::api_doc::ProblemDoc)),
+    security(("bearer" = [])))]
+pub async fn tile(
+    State(state): State<Shared>,
+    principal: Result<Principal, Problem>,
+    Path(path): Path<String>,
+) -> Result<Response, Problem> {
+    let tile = TilePath::parse(&path);
+    match tile {
+        Some(TilePath { level: None, .. }) => unlimited_auditor(principal)?,
+        _ => auditor(principal)?,
+    };
+    let tile = tile.ok_or_else(|| {
+        Problem::not_found("not a tile path: <level>/<N>[.p/<width>] or entries/<N>[.p/<width>]")
+    })?;
+    let absent = || Problem::not_found("the tree holds no such tile");
+    let width = tile.width;
+    let body: Vec<u8> = match tile.level {
+        Some(level) => {
+            let hashes: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT hashes FROM merkle_tiles WHERE level = $1 AND n = $2")
+                    .bind(i16::from(level))
+                    .bind(i64::try_from(tile.n).map_err(|_| absent())?)
+                    .fetch_optional(pool(&state))
+                    .await
+                    .map_err(internal)?;
+            let mut hashes = hashes
+                .filter(|h| h.len() >= width * 32)
+                .ok_or_else(absent)?;
+            hashes.truncate(width * 32);
+            hashes
+        }
+        None => {
+            let first = tile
+                .n
+                .checked_mul(shared::merkle::TILE_WIDTH)
+                .and_then(|f| i64::try_from(f).ok())
+                .ok_or_else(absent)?;
+            // Entries exist only for leaves the stored tree holds.
+            let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
+                "SELECT e.hash FROM events e, merkle_tree t \
+                 WHERE e.position > $1 AND e.position <= $1 + $2 AND e.position <= t.size \
+                 ORDER BY e.position",
+            )
+            .bind(first)
+            .bind(width as i64)
+            .fetch_all(pool(&state))
+            .await
+            .map_err(internal)?;
+            if hashes.len() != width {
+                return Err(absent());
+            }
+            let mut bundle = Vec::with_capacity(width * 34);
+            for hash in hashes {
+                bundle.extend_from_slice(&(hash.len() as u16).to_be_bytes());
+                bundle.extend_from_slice(&hash);
+            }
+            bundle
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TilePath;
+
+    #[test]
+    fn tile_paths_parse_as_tlog_tiles_writes_them() {
+        let t = |level, n, width| Some(TilePath { level, n, width });
+        assert_eq!(TilePath::parse("0/000"), t(Some(0), 0, 256));
+        assert_eq!(
+            TilePath::parse("1/x001/x234/067"),
+            t(Some(1), 1_234_067, 256)
+        );
+        assert_eq!(TilePath::parse("2/005.p/3"), t(Some(2), 5, 3));
+        assert_eq!(
+            TilePath::parse("entries/x001/000.p/255"),
+            t(None, 1000, 255)
+        );
+        for bad in [
+            "",
+            "0",
+            "0/",
+            "0/1",
+            "0/0000",
+            "0/x001",
+            "0/001/002",
+            "00/000",
+            "64/000",
+            "0/000.p/0",
+            "0/000.p/256",
+            "0/000.p/03",
+            "0/x000/001",
+            "-1/000",
+            "a/000",
+            "entries/000.p/",
+            "0/000.p/1/2",
+        ] {
+            assert_eq!(TilePath::parse(bad), None, "{bad:?}");
+        }
+    }
 }

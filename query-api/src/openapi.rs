@@ -32,7 +32,8 @@ use crate::{audit, http};
         audit::log_key,
         audit::inclusion,
         audit::consistency,
-        audit::receipt
+        audit::receipt,
+        audit::tile
     ),
     components(schemas(ProblemDoc)),
     modifiers(&BearerAuth),

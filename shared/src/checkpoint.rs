@@ -129,6 +129,11 @@ pub struct NoteVerifier {
 }
 
 impl NoteVerifier {
+    /// The key's name (by convention the log's origin).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Parses `<name>+<id hex>+<base64(0x01 ‖ public key)>`.
     pub fn parse(text: &str) -> Result<Self, NoteError> {
         let mut parts = text.trim().splitn(3, '+');
@@ -249,12 +254,93 @@ impl Checkpoint {
     }
 }
 
+/// Why a later checkpoint does not continue an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrowthError {
+    #[error(
+        "the log shrank: a checkpoint of {new} events follows one of {old} (events were removed)"
+    )]
+    Shrank { old: u64, new: u64 },
+    #[error("the log forked: two checkpoints of {size} events have different roots")]
+    Forked { size: u64 },
+    #[error("the checkpoint of {new} events does not continue the one of {old}: {error} (the log's past was rewritten)")]
+    Inconsistent {
+        old: u64,
+        new: u64,
+        error: crate::merkle::ProofError,
+    },
+}
+
+impl Checkpoint {
+    /// Checks that `next` only appends to this checkpoint's tree, given the
+    /// consistency proof between their sizes (empty when the sizes are
+    /// equal). A first checkpoint of size 0 is continued by anything.
+    pub fn continued_by(&self, next: &Checkpoint, proof: &[Hash]) -> Result<(), GrowthError> {
+        if next.size < self.size {
+            return Err(GrowthError::Shrank {
+                old: self.size,
+                new: next.size,
+            });
+        }
+        if next.size == self.size {
+            return if next.root == self.root {
+                Ok(())
+            } else {
+                Err(GrowthError::Forked { size: self.size })
+            };
+        }
+        if self.size == 0 {
+            return Ok(());
+        }
+        crate::merkle::verify_consistency(self.size, next.size, &self.root, &next.root, proof)
+            .map_err(|error| GrowthError::Inconsistent {
+                old: self.size,
+                new: next.size,
+                error,
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn signer(name: &str, byte: u8) -> NoteSigner {
         NoteSigner::new(name, [byte; 32]).unwrap()
+    }
+
+    #[test]
+    fn a_checkpoint_is_continued_only_by_an_appending_one() {
+        use crate::merkle::{consistency_proof, leaf_hash, root, InMemory};
+        let leaves: Vec<Hash> = (0..20u8).map(|i| leaf_hash(&[i])).collect();
+        let at = |size: usize| Checkpoint {
+            origin: "o".into(),
+            size: size as u64,
+            root: root(&mut InMemory::new(&leaves[..size]), size as u64).unwrap(),
+        };
+        let proof =
+            |old: u64, new: u64| consistency_proof(&mut InMemory::new(&leaves), old, new).unwrap();
+        assert_eq!(at(7).continued_by(&at(13), &proof(7, 13)), Ok(()));
+        assert_eq!(at(13).continued_by(&at(13), &[]), Ok(()));
+        assert_eq!(at(0).continued_by(&at(13), &[]), Ok(()));
+        assert_eq!(
+            at(13).continued_by(&at(7), &[]),
+            Err(GrowthError::Shrank { old: 13, new: 7 })
+        );
+        let mut forked = at(13);
+        forked.root[0] ^= 1;
+        assert_eq!(
+            at(13).continued_by(&forked, &[]),
+            Err(GrowthError::Forked { size: 13 })
+        );
+        assert!(matches!(
+            at(7).continued_by(&forked, &proof(7, 13)),
+            Err(GrowthError::Inconsistent {
+                old: 7,
+                new: 13,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -17,9 +17,11 @@
 //!   reads;
 //! - [`config`]: parsing helpers for the services' settings;
 //! - [`problem`]: RFC 9457 problem details;
+//! - [`receipt`]: verification of an observation's receipt, offline;
 //! - [`projection`]: the read models' documents and statistics (pure);
 //! - [`telemetry`]: logging, metrics and shutdown set-up of the binaries;
-//! - [`verify`]: verification of the hash chain and order of the log.
+//! - [`verify`]: verification of the hash chain and order of the log, and
+//!   of its Merkle tree against known roots.
 
 pub mod api_doc;
 pub mod auth;
@@ -34,6 +36,7 @@ pub mod merkle;
 pub mod merkle_store;
 pub mod problem;
 pub mod projection;
+pub mod receipt;
 pub mod redis_layout;
 pub mod store;
 pub mod telemetry;

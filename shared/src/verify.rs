@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::envelope::{StoredEvent, GENESIS_HASH};
+use crate::merkle::{leaf_hash, Frontier, Hash};
 
 /// The first position that does not verify, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,6 +134,118 @@ impl Verifier {
                 reason: format!(
                     "the log ends at position {} before the pinned head {}: events were removed",
                     self.last_position, pin.position
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A tree size the log must have a known root at: a signed checkpoint or
+/// the one an auditor's verifier remembers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedRoot {
+    pub size: u64,
+    pub root: Hash,
+    /// What vouches for it, for failure messages.
+    pub source: String,
+}
+
+/// Rebuilds the Merkle tree over the log while it is replayed (leaf i is
+/// the hash of the event at position i + 1), in constant memory, and checks
+/// it against known roots and, when given, the leaves an earlier run
+/// verified. Names the first position that differs: exactly against
+/// earlier leaves, otherwise as the range between the last root the log
+/// still matches and the first it does not.
+pub struct TreeCheck {
+    frontier: Frontier,
+    /// Known roots by size, smallest first; `next` is the first not reached.
+    expected: Vec<ExpectedRoot>,
+    next: usize,
+    /// The largest size whose known root matched.
+    matched: u64,
+    earlier: Option<Box<dyn std::io::Read>>,
+    earlier_len: u64,
+}
+
+impl TreeCheck {
+    /// `earlier` yields the 32-byte leaves of an earlier verification
+    /// (`earlier_len` of them).
+    pub fn new(
+        mut expected: Vec<ExpectedRoot>,
+        earlier: Option<(Box<dyn std::io::Read>, u64)>,
+    ) -> Self {
+        expected.sort_by_key(|e| e.size);
+        let (earlier, earlier_len) = match earlier {
+            Some((reader, len)) => (Some(reader), len),
+            None => (None, 0),
+        };
+        Self {
+            frontier: Frontier::default(),
+            expected,
+            next: 0,
+            matched: 0,
+            earlier,
+            earlier_len,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    /// Adds the next event's hash (position = size + 1).
+    pub fn push(&mut self, hash: &Hash) -> Result<(), Failure> {
+        let position = self.frontier.size() as i64 + 1;
+        if self.frontier.size() < self.earlier_len {
+            if let Some(reader) = self.earlier.as_mut() {
+                let mut before = [0u8; 32];
+                reader.read_exact(&mut before).map_err(|e| Failure {
+                    position,
+                    reason: format!("the leaves verified earlier cannot be read: {e}"),
+                })?;
+                if &before != hash {
+                    return Err(Failure {
+                        position,
+                        reason: format!(
+                            "the event's hash is {} but was {} when this log was verified before: the log was changed from here on",
+                            hex::encode(hash),
+                            hex::encode(before)
+                        ),
+                    });
+                }
+            }
+        }
+        self.frontier.push(leaf_hash(hash));
+        let size = self.frontier.size();
+        while let Some(expected) = self.expected.get(self.next).filter(|e| e.size == size) {
+            if self.frontier.root() != expected.root {
+                return Err(Failure {
+                    position: self.matched as i64 + 1,
+                    reason: format!(
+                        "the first {size} events do not have the root of {} (the last known root they match is at {} events): an event from position {} to {size} was changed",
+                        expected.source,
+                        self.matched,
+                        self.matched + 1
+                    ),
+                });
+            }
+            self.matched = size;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Ends the replay: every known size must have been reached.
+    pub fn finish(&self) -> Result<(), Failure> {
+        match self.expected.last() {
+            Some(largest) if largest.size > self.frontier.size() => Err(Failure {
+                position: self.frontier.size() as i64 + 1,
+                reason: format!(
+                    "the log ends at position {} but {} covers {} events: events were removed",
+                    self.frontier.size(),
+                    largest.source,
+                    largest.size
                 ),
             }),
             _ => Ok(()),

@@ -201,6 +201,7 @@ pub fn command_config(db: &TestDb, stream: &TestStream) -> Config {
         log_signing_key: String::new(),
         log_signing_key_file: String::new(),
         log_origin: "research-records.test/log".to_owned(),
+        log_tree_batch: 10_000,
         db_pool: 8,
         nats_url: nats_url(),
         nats_stream: stream.name.clone(),

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 use shared::auth::Role;
+use shared::checkpoint::NoteSigner;
 use tests::{command_config, token, Answer, CommandApi, TestDb, TestStream};
 use uuid::Uuid;
 
@@ -14,14 +15,34 @@ pub struct Env {
     pub writer2: String,
     pub reviewer: String,
     pub reader: String,
+    /// The key that signs checkpoints, when the command API is given one.
+    pub signer: Option<NoteSigner>,
 }
+
+/// The origin of the test logs' checkpoints.
+pub const ORIGIN: &str = "research-records.test/log";
 
 impl Env {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A command API that also keeps the Merkle tree and signs checkpoints
+    /// with a key made from `seed`.
+    pub async fn signing(seed: u8) -> Self {
+        Self::start_with(Some(NoteSigner::new(ORIGIN, [seed; 32]).unwrap())).await
+    }
+
+    async fn start_with(signer: Option<NoteSigner>) -> Self {
         let db = TestDb::create().await;
         let stream = TestStream::new();
-        let api = CommandApi::spawn(&command_config(&db, &stream)).await;
+        let mut config = command_config(&db, &stream);
+        if let Some(signer) = &signer {
+            config.log_signing_key = signer.to_private_text();
+        }
+        let api = CommandApi::spawn(&config).await;
         Self {
+            signer,
             db,
             stream,
             api,
@@ -30,6 +51,21 @@ impl Env {
             reviewer: token("rita", &[Role::Reviewer]),
             reader: token("rex", &[Role::Reader]),
         }
+    }
+
+    /// The checkpoints' verifier key.
+    pub fn verifier(&self) -> shared::checkpoint::NoteVerifier {
+        self.signer.as_ref().expect("a signing Env").verifier()
+    }
+
+    /// A query API on this database (read as the query role), serving the
+    /// verifier key of the checkpoints when they are signed.
+    pub async fn query(&self) -> tests::QueryApi {
+        let mut config = tests::query_config(&self.db.url_as(tests::DbRole::Query), "", "");
+        if let Some(signer) = &self.signer {
+            config.log_verifier_key = signer.verifier().to_text();
+        }
+        tests::QueryApi::spawn(&config).await
     }
 
     /// Registers the first penguin season; answers its id.

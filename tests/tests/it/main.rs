@@ -9,6 +9,7 @@ mod env;
 mod hostile;
 mod hostile_props;
 mod input;
+mod ledger;
 mod merkle;
 mod projection;
 mod publishing;

@@ -112,39 +112,6 @@ async fn only_the_command_api_role_extends_the_tree() {
     assert_eq!(extend(&command, 10).await.unwrap(), 3);
 }
 
-/// A command API that signs checkpoints with a key made from `seed`.
-struct Signing {
-    db: tests::TestDb,
-    stream: tests::TestStream,
-    signer: shared::checkpoint::NoteSigner,
-    api: tests::CommandApi,
-}
-
-impl Signing {
-    async fn start(seed: u8) -> Self {
-        let db = tests::TestDb::create().await;
-        let stream = tests::TestStream::new();
-        let signer =
-            shared::checkpoint::NoteSigner::new("research-records.test/log", [seed; 32]).unwrap();
-        let mut config = tests::command_config(&db, &stream);
-        config.log_signing_key = signer.to_private_text();
-        let api = tests::CommandApi::spawn(&config).await;
-        Self {
-            db,
-            stream,
-            signer,
-            api,
-        }
-    }
-
-    /// A query API on the same database, serving the verifier key.
-    async fn query(&self) -> tests::QueryApi {
-        let mut config = tests::query_config(&self.db.url_as(DbRole::Query), "", "");
-        config.log_verifier_key = self.signer.verifier().to_text();
-        tests::QueryApi::spawn(&config).await
-    }
-}
-
 /// The hex hashes of a proof document.
 fn proof_hashes(proof: &serde_json::Value) -> Vec<Hash> {
     proof["hashes"]
@@ -159,13 +126,14 @@ fn proof_hashes(proof: &serde_json::Value) -> Vec<Hash> {
 async fn the_command_api_signs_checkpoints_of_the_tree_and_publishes_them() {
     use shared::checkpoint::Checkpoint;
 
-    let Signing {
+    let Env {
         db,
         stream,
         signer,
         api,
-    } = Signing::start(42).await;
-    let verifier = signer.verifier();
+        ..
+    } = Env::signing(42).await;
+    let verifier = signer.unwrap().verifier();
     let writer = tests::token("alice", &[shared::auth::Role::Writer]);
     let study = tests::penguins()[0].register_body();
     assert_eq!(api.post("/v1/studies", &writer, &study).await.status, 201);
@@ -229,7 +197,7 @@ async fn checkpoints_and_proofs_are_served_to_auditors_and_verify() {
     use shared::checkpoint::{Checkpoint, NoteVerifier};
     use shared::merkle::ProofError;
 
-    let signing = Signing::start(7).await;
+    let signing = Env::signing(7).await;
     let (db, api) = (&signing.db, &signing.api);
     let writer = tests::token("alice", &[Role::Writer]);
     let first = api
@@ -365,9 +333,9 @@ async fn a_receipt_proves_an_observations_history_offline() {
     use shared::checkpoint::{Checkpoint, NoteVerifier};
     use shared::envelope::StoredEvent;
 
-    let signing = Signing::start(11).await;
+    let signing = Env::signing(11).await;
     let api = &signing.api;
-    let trusted = signing.signer.verifier();
+    let trusted = signing.verifier();
     let alice = tests::token("alice", &[Role::Writer]);
     let bob = tests::token("bob", &[Role::Writer]);
     let penguins = &tests::penguins()[0];
