@@ -17,6 +17,7 @@ use serde_json::json;
 use shared::auth::{Principal, Role};
 use shared::domain::{apply, AggregateState};
 use shared::envelope::StoredEvent;
+use shared::merkle::{self, Subtrees as _, Wanted};
 use shared::problem::Problem;
 use shared::projection::ObservationView;
 use shared::receipt::{InclusionProof, Receipt};
@@ -26,6 +27,7 @@ use sqlx::postgres::PgRow;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::proofs::SignedHead;
 use crate::QueryState;
 
 /// Events read per page while streaming.
@@ -379,12 +381,9 @@ pub async fn verify(
     Ok(Json(body).into_response())
 }
 
-/// The newest signed checkpoint's tree size and note, if any.
-async fn newest_checkpoint(pool: &PgPool) -> Result<Option<(i64, String)>, Problem> {
-    sqlx::query_as("SELECT size, note FROM checkpoints ORDER BY signed_at DESC, size DESC LIMIT 1")
-        .fetch_optional(pool)
-        .await
-        .map_err(internal)
+/// The newest signed checkpoint (at most a second old), if any.
+async fn newest_checkpoint(state: &QueryState) -> Result<Option<Arc<SignedHead>>, Problem> {
+    state.proofs.newest(pool(state)).await.map_err(internal)
 }
 
 fn text_plain(body: String) -> Response {
@@ -402,10 +401,10 @@ pub async fn checkpoint(
     principal: Result<Principal, Problem>,
 ) -> Result<Response, Problem> {
     auditor(principal)?;
-    let (_, note) = newest_checkpoint(pool(&state))
+    let head = newest_checkpoint(&state)
         .await?
         .ok_or_else(|| Problem::not_found("no checkpoint of the log has been signed yet"))?;
-    Ok(text_plain(note))
+    Ok(text_plain(head.note.clone()))
 }
 
 /// The verifier key of the checkpoints (`<name>+<key id>+<base64 key>`).
@@ -428,9 +427,7 @@ pub async fn log_key(
 /// The size of the newest checkpoint, which bounds the trees proofs are
 /// given for (`404` beyond it).
 async fn signed_size(state: &QueryState) -> Result<i64, Problem> {
-    Ok(newest_checkpoint(pool(state))
-        .await?
-        .map_or(0, |(size, _)| size))
+    Ok(newest_checkpoint(state).await?.map_or(0, |head| head.size))
 }
 
 fn beyond_checkpoint(size: i64) -> Problem {
@@ -466,43 +463,58 @@ pub async fn inclusion(
     if tree_size > signed_size(&state).await? {
         return Err(beyond_checkpoint(tree_size));
     }
-    let event: Option<(Uuid, Vec<u8>)> =
-        sqlx::query_as("SELECT study_id, hash FROM events WHERE position = $1")
-            .bind(position)
-            .fetch_optional(pool(&state))
-            .await
-            .map_err(internal)?;
     // Another study's event is, to a limited auditor, no event at all.
-    let hash = match event {
-        Some((study, hash)) if principal.may_access_study(study) => hash,
-        _ => {
+    if principal.studies.is_some() {
+        let study: Option<Uuid> =
+            sqlx::query_scalar("SELECT study_id FROM events WHERE position = $1")
+                .bind(position)
+                .fetch_optional(pool(&state))
+                .await
+                .map_err(internal)?;
+        if !study.is_some_and(|s| principal.may_access_study(s)) {
             return Err(Problem::not_found(format!(
                 "there is no event at position {position}"
-            )))
+            )));
         }
-    };
-    let mut conn = pool(&state).acquire().await.map_err(internal)?;
-    let proof = inclusion_proof(&mut conn, position, &hash, tree_size).await?;
-    Ok(Json(proof).into_response())
+    }
+    let mut proofs = inclusion_proofs(&state, &[position], tree_size).await?;
+    Ok(Json(proofs.remove(0)).into_response())
 }
 
-/// The inclusion proof of the event at `position` (whose chain hash is
-/// `hash`) in the tree of `tree_size` events.
-async fn inclusion_proof(
-    conn: &mut sqlx::PgConnection,
-    position: i64,
-    hash: &[u8],
+/// The inclusion proofs of the events at `positions` in the tree of
+/// `tree_size` events, from the tiles they need (in memory, or read in one
+/// statement); each names its leaf hash, taken from the tree.
+async fn inclusion_proofs(
+    state: &QueryState,
+    positions: &[i64],
     tree_size: i64,
-) -> Result<InclusionProof, Problem> {
-    let proof = shared::merkle_store::prove_inclusion(conn, position as u64 - 1, tree_size as u64)
+) -> Result<Vec<InclusionProof>, Problem> {
+    let size = tree_size as u64;
+    let mut wanted = Wanted::default();
+    for &position in positions {
+        let index = position as u64 - 1;
+        let _ = merkle::inclusion_proof(&mut wanted, index, size);
+        let _ = wanted.complete(0, index);
+    }
+    let mut tiles = state
+        .proofs
+        .tiles(pool(state), &wanted.0, size)
         .await
         .map_err(internal)?;
-    Ok(InclusionProof::new(
-        position,
-        tree_size as u64,
-        hash,
-        &proof,
-    ))
+    positions
+        .iter()
+        .map(|&position| {
+            let index = position as u64 - 1;
+            let hashes = merkle::inclusion_proof(&mut tiles, index, size).map_err(internal)?;
+            let leaf = tiles.complete(0, index).map_err(internal)?;
+            Ok(InclusionProof {
+                position,
+                tree_size: size,
+                leaf_hash: hex::encode(leaf),
+                hashes: hex_all(&hashes),
+            })
+        })
+        .collect()
 }
 
 fn hex_all(hashes: &[shared::merkle::Hash]) -> Vec<String> {
@@ -531,10 +543,15 @@ pub async fn consistency(
     if to > signed_size(&state).await? {
         return Err(beyond_checkpoint(to));
     }
-    let mut conn = pool(&state).acquire().await.map_err(internal)?;
-    let proof = shared::merkle_store::prove_consistency(&mut conn, from as u64, to as u64)
+    let (old, new) = (from as u64, to as u64);
+    let mut wanted = Wanted::default();
+    let _ = merkle::consistency_proof(&mut wanted, old, new);
+    let mut tiles = state
+        .proofs
+        .tiles(pool(&state), &wanted.0, new)
         .await
         .map_err(internal)?;
+    let proof = merkle::consistency_proof(&mut tiles, old, new).map_err(internal)?;
     Ok(Json(json!({"from": from, "to": to, "hashes": hex_all(&proof)})).into_response())
 }
 
@@ -553,7 +570,8 @@ pub async fn receipt(
     let principal = auditor(principal)?;
     let id = crate::http::parse_id(&id)?;
     let unknown = || Problem::not_found(format!("no checkpoint covers an observation {id}"));
-    let (size, note) = newest_checkpoint(pool(&state)).await?.ok_or_else(unknown)?;
+    let head = newest_checkpoint(&state).await?.ok_or_else(unknown)?;
+    let size = head.size;
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 AND position <= $2 ORDER BY stream_version"
     );
@@ -571,11 +589,10 @@ pub async fn receipt(
     if !visible {
         return Err(unknown());
     }
-    let mut conn = pool(&state).acquire().await.map_err(internal)?;
-    let mut proofs = Vec::with_capacity(events.len());
+    let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
+    let proofs = inclusion_proofs(&state, &positions, size).await?;
     let mut cloud_events = Vec::with_capacity(events.len());
     for e in &events {
-        proofs.push(inclusion_proof(&mut conn, e.position, &e.hash, size).await?);
         let raw = serde_json::value::RawValue::from_string(e.to_cloud_event()).map_err(internal)?;
         cloud_events.push(raw);
     }
@@ -583,7 +600,7 @@ pub async fn receipt(
     // a verifier in any language can take each `data` as it was hashed.
     Ok(Json(Receipt {
         observation_id: id,
-        checkpoint: note,
+        checkpoint: head.note.clone(),
         log_key: state.log_key.as_ref().map(|k| k.to_text()),
         events: cloud_events,
         proofs,

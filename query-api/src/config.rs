@@ -49,6 +49,11 @@ pub struct Config {
     #[arg(long, env = "QUERY_API_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub cache_bytes: usize,
 
+    /// Bytes of Merkle tree tiles (with their inner nodes) kept in process
+    /// memory for proofs; 32 MiB hold the tiles of about a million events.
+    #[arg(long, env = "QUERY_API_TILE_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub tile_cache_bytes: usize,
+
     /// Longest wait for a `Consistency-Token` position before a 503.
     #[arg(long, env = "QUERY_API_CONSISTENCY_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub consistency_timeout: Duration,

@@ -5,7 +5,8 @@
 //! Layout:
 //! - [`http`]: routes and handlers of the document reads, health, metrics;
 //! - [`audit`]: the auditor's endpoints (event export, as-of replay, chain
-//!   verification);
+//!   verification, checkpoints, proofs, receipts, tiles);
+//! - [`proofs`]: the newest checkpoint and the tree's tiles in memory;
 //! - [`documents`]: the tiered lookup with single flight;
 //! - [`cache`]: the in-process tier, bounded in bytes;
 //! - [`redis_tier`]: the Redis tier and the projector's announcements;
@@ -25,6 +26,7 @@ pub mod freshness;
 pub mod http;
 pub mod openapi;
 pub mod pages;
+pub mod proofs;
 pub mod redis_tier;
 pub mod replica;
 
@@ -53,6 +55,8 @@ pub struct QueryState {
     pub metrics: Option<PrometheusHandle>,
     /// The checkpoints' verifier key, checked at start-up.
     pub log_key: Option<shared::checkpoint::NoteVerifier>,
+    /// The newest checkpoint and the tree's tiles, for proofs.
+    pub proofs: proofs::Proofs,
 }
 
 impl HasAuthenticator for QueryState {
@@ -118,6 +122,7 @@ impl App {
             consistency_timeout: config.consistency_timeout,
             request_timeout: config.request_timeout,
             metrics,
+            proofs: proofs::Proofs::new(config.tile_cache_bytes),
             log_key: match config.log_verifier_key.as_str() {
                 "" => None,
                 key => Some(

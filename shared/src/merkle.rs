@@ -392,6 +392,61 @@ impl Subtrees for Tiles {
     }
 }
 
+/// One tile with every node above its hashes computed once (255 more for
+/// a full tile), so that a complete subtree inside it is a lookup: what a
+/// cache of tiles keeps, for proofs at memory speed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TileNodes {
+    /// `levels[0]` the tile's hashes; `levels[k]` the nodes `k` levels up.
+    levels: Vec<Vec<Hash>>,
+}
+
+impl TileNodes {
+    pub fn new(hashes: Vec<Hash>) -> Self {
+        let mut levels = vec![hashes];
+        while let Some(below) = levels.last().filter(|l| l.len() > 1) {
+            let above = below
+                .chunks_exact(2)
+                .map(|pair| node_hash(&pair[0], &pair[1]))
+                .collect();
+            levels.push(above);
+        }
+        Self { levels }
+    }
+
+    /// The tile's own hashes.
+    pub fn hashes(&self) -> &[Hash] {
+        &self.levels[0]
+    }
+
+    /// Bytes held, for a cache's bound.
+    pub fn bytes(&self) -> usize {
+        self.levels.iter().map(|l| l.len() * 32).sum::<usize>() + 64
+    }
+}
+
+/// Tiles with their nodes (see [`TileNodes`]), by `(tile level, index)`.
+#[derive(Debug, Clone, Default)]
+pub struct TileSet(pub std::collections::HashMap<(u8, u64), std::sync::Arc<TileNodes>>);
+
+impl Subtrees for TileSet {
+    type Error = MissingTile;
+
+    fn complete(&mut self, level: u8, index: u64) -> Result<Hash, MissingTile> {
+        let ((tile_level, tile_index), span) = Tiles::span_of(level, index);
+        let rise = (level % TILE_HEIGHT) as usize;
+        self.0
+            .get(&(tile_level, tile_index))
+            .and_then(|t| t.levels.get(rise))
+            .and_then(|nodes| nodes.get(span.start >> rise))
+            .copied()
+            .ok_or(MissingTile {
+                level: tile_level,
+                index: tile_index,
+            })
+    }
+}
+
 /// Records which complete subtrees a computation asks for, answering a
 /// placeholder: run a proof against it first to learn which tiles to read
 /// (then read them all in one statement).
@@ -565,6 +620,37 @@ mod tests {
             assert_eq!(source.complete(level, index).unwrap(), *hash);
         }
         assert_eq!(stored.len(), 300 + 150 + 75 + 37 + 18 + 9 + 4 + 2 + 1);
+    }
+
+    #[test]
+    fn tiles_with_their_nodes_answer_as_the_tiles_do() {
+        let leaves: Vec<Hash> = (0..1000u32).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut frontier = Frontier::default();
+        let mut tiles = Tiles::default();
+        for leaf in &leaves {
+            tiles.record(&frontier.push(*leaf));
+        }
+        let mut set = TileSet(
+            tiles
+                .0
+                .iter()
+                .map(|(k, v)| (*k, std::sync::Arc::new(TileNodes::new(v.clone()))))
+                .collect(),
+        );
+        for size in [1, 255, 256, 257, 700, 1000] {
+            assert_eq!(root(&mut set, size), root(&mut tiles, size));
+            for index in [0, size / 2, size - 1] {
+                assert_eq!(
+                    inclusion_proof(&mut set, index, size),
+                    inclusion_proof(&mut tiles, index, size)
+                );
+            }
+            assert_eq!(
+                consistency_proof(&mut set, size / 3 + 1, size),
+                consistency_proof(&mut tiles, size / 3 + 1, size)
+            );
+        }
+        assert!(root(&mut TileSet::default(), 5).is_err());
     }
 
     #[test]

@@ -6,9 +6,12 @@ use std::collections::BTreeSet;
 
 use sqlx::{PgConnection, PgPool, Row};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use crate::merkle::{
     consistency_proof, inclusion_proof, leaf_hash, root, tile_slot, Frontier, Hash, MissingTile,
-    Tiles, Wanted, TILE_HEIGHT, TILE_WIDTH,
+    TileNodes, TileSet, Tiles, Wanted, TILE_HEIGHT, TILE_WIDTH,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,123 @@ pub async fn read_tiles(
         tiles.0.insert((level as u8, n as u64), hashes);
     }
     Ok(tiles)
+}
+
+/// Tiles as proofs at a given tree size see them, kept in memory. A tile
+/// `(level, index)` seen at tree size S holds the `width` hashes S gives it
+/// (256 for a full tile), and those never change: hashes are only ever
+/// appended to a tile. So entries are never stale; the cache is bounded in
+/// bytes, 16 shards, and drops entries at random when a shard is full.
+pub struct TileCache {
+    shards: Vec<Mutex<Shard>>,
+    max_shard_bytes: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    tiles: HashMap<(u8, u64, u16), Arc<TileNodes>>,
+    bytes: usize,
+}
+
+const SHARDS: usize = 16;
+
+impl TileCache {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            max_shard_bytes: max_bytes / SHARDS,
+        }
+    }
+
+    fn shard(&self, key: &(u8, u64, u16)) -> std::sync::MutexGuard<'_, Shard> {
+        let i = (key.1 as usize ^ ((key.0 as usize) << 3) ^ key.2 as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, key: &(u8, u64, u16)) -> Option<Arc<TileNodes>> {
+        self.shard(key).tiles.get(key).cloned()
+    }
+
+    fn put(&self, key: (u8, u64, u16), tile: Arc<TileNodes>) {
+        let bytes = tile.bytes();
+        if bytes > self.max_shard_bytes {
+            return;
+        }
+        let mut shard = self.shard(&key);
+        while shard.bytes + bytes > self.max_shard_bytes {
+            let Some(victim) = shard.tiles.keys().next().copied() else {
+                break;
+            };
+            let gone = shard.tiles.remove(&victim).map_or(0, |t| t.bytes());
+            shard.bytes -= gone;
+        }
+        if let Some(old) = shard.tiles.insert(key, tile) {
+            shard.bytes -= old.bytes();
+        }
+        shard.bytes += bytes;
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).bytes)
+            .sum()
+    }
+
+    /// The tiles `wanted` for proofs in the tree of `size` leaves: from
+    /// memory, the missing ones read in one statement (a connection is
+    /// taken from `pool` only then).
+    pub async fn tiles(
+        &self,
+        pool: &PgPool,
+        wanted: &BTreeSet<(u8, u64)>,
+        size: u64,
+    ) -> Result<TileSet, TreeError> {
+        let mut set = TileSet::default();
+        let mut missing = BTreeSet::new();
+        for &(level, n) in wanted {
+            let Some(width) = tile_width(level, n, size) else {
+                continue;
+            };
+            match self.get(&(level, n, width)) {
+                Some(tile) => {
+                    set.0.insert((level, n), tile);
+                }
+                None => {
+                    missing.insert((level, n));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(set);
+        }
+        let mut conn = pool.acquire().await?;
+        let read = read_tiles(&mut conn, &missing).await?;
+        for ((level, n), mut hashes) in read.0 {
+            let Some(width) = tile_width(level, n, size) else {
+                continue;
+            };
+            if hashes.len() < usize::from(width) {
+                continue;
+            }
+            hashes.truncate(usize::from(width));
+            let tile = Arc::new(TileNodes::new(hashes));
+            self.put((level, n, width), tile.clone());
+            set.0.insert((level, n), tile);
+        }
+        Ok(set)
+    }
+}
+
+/// How many hashes tile `(level, n)` holds in the tree of `size` leaves
+/// (`None` when it holds none).
+pub fn tile_width(level: u8, n: u64, size: u64) -> Option<u16> {
+    let nodes = size.checked_shr(u32::from(level) * u32::from(TILE_HEIGHT))?;
+    let width = nodes
+        .checked_sub(n.checked_mul(TILE_WIDTH)?)?
+        .min(TILE_WIDTH);
+    (width > 0).then_some(width as u16)
 }
 
 /// The size of the stored tree.

@@ -33,19 +33,6 @@ pub struct InclusionProof {
     pub hashes: Vec<String>,
 }
 
-impl InclusionProof {
-    /// The proof that the event at `position`, whose chain hash is
-    /// `event_hash`, is in the tree of `tree_size` events.
-    pub fn new(position: i64, tree_size: u64, event_hash: &[u8], hashes: &[Hash]) -> Self {
-        Self {
-            position,
-            tree_size,
-            leaf_hash: hex::encode(leaf_hash(event_hash)),
-            hashes: hashes.iter().map(hex::encode).collect(),
-        }
-    }
-}
-
 /// Why a receipt does not verify.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiptError {

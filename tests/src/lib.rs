@@ -353,6 +353,7 @@ pub fn query_config(read_url: &str, redis_url: &str, prefix: &str) -> query_api:
         redis_url: redis_url.to_owned(),
         redis_prefix: prefix.to_owned(),
         cache_bytes: 16 * 1024 * 1024,
+        tile_cache_bytes: 4 * 1024 * 1024,
         consistency_timeout: Duration::from_secs(2),
         poll_interval: Duration::from_millis(100),
         request_timeout: Duration::from_secs(10),
