@@ -50,8 +50,8 @@ pub struct Config {
     pub cache_bytes: usize,
 
     /// Bytes of Merkle tree tiles (with their inner nodes) kept in process
-    /// memory for proofs; 32 MiB hold the tiles of about a million events.
-    #[arg(long, env = "QUERY_API_TILE_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    /// memory for proofs; 64 MiB hold the tiles of about a million events.
+    #[arg(long, env = "QUERY_API_TILE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub tile_cache_bytes: usize,
 
     /// Longest wait for a `Consistency-Token` position before a 503.

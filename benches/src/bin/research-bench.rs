@@ -75,6 +75,14 @@ enum What {
         #[arg(long)]
         bytes: usize,
     },
+    /// Extend the log's Merkle tree over every event beyond it, in batches
+    /// of BATCH (after its tiles were deleted: a rebuild); prints the rate.
+    RebuildTree {
+        #[arg(long, env = "COMMAND_API_DATABASE_URL")]
+        database_url: String,
+        #[arg(long, default_value_t = 100_000)]
+        batch: i64,
+    },
     /// Delete a JetStream stream left by a benchmark run.
     DropStream {
         name: String,
@@ -134,6 +142,32 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {addr}"))?;
             axum::serve(listener, app).await?;
+            Ok(())
+        }
+        What::RebuildTree {
+            database_url,
+            batch,
+        } => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&database_url)
+                .await
+                .context("connecting to the event store")?;
+            let started = std::time::Instant::now();
+            let (mut before, mut size) = (None, 0);
+            while before != Some(size) {
+                before = Some(size);
+                size = shared::merkle_store::extend(&pool, batch)
+                    .await
+                    .context("extending the tree")?;
+                eprint!("\r{size} events in the tree");
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            eprintln!();
+            println!(
+                "{size} events in {seconds:.2} s ({:.0} events/s)",
+                size as f64 / seconds
+            );
             Ok(())
         }
         What::DropStream { name, nats } => {
