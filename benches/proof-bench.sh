@@ -93,6 +93,7 @@ done
 median() { printf '%s\n' "$@" | python3 -c "import json, sys; runs = sorted((json.loads(l) for l in sys.stdin), key=lambda r: r['rate']); print(json.dumps(runs[len(runs) // 2]))"; }
 doc=$(median "${docs[@]}"); proof=$(median "${proofs[@]}"); receipt=$(median "${receipts[@]}")
 echo "[bench] at half the maximum rate, open loop"
+doc_half=$(load documents "$READER" "$SECONDS_PER_STEP" --rate "$(python3 -c "print($(field "$doc" rate) / 2)")")
 proof_half=$(load proofs "$AUDITOR" "$SECONDS_PER_STEP" --rate "$(python3 -c "print($(field "$proof" rate) / 2)")")
 receipt_half=$(load receipts "$AUDITOR" "$SECONDS_PER_STEP" --rate "$(python3 -c "print($(field "$receipt" rate) / 2)")")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$QPID/status")
@@ -115,13 +116,13 @@ t0=$(date +%s.%N)
 "$BIN/research-verify" --quiet --file "$WORK/export.ndjson" --key "$VERIFIER_KEY" --checkpoint "$WORK/checkpoint"
 verify_s=$(seconds "$t0")
 
-python3 - "$doc" "$proof" "$receipt" "$proof_half" "$receipt_half" "$cold" "$rss" "$head" "$size" \
+python3 - "$doc" "$proof" "$receipt" "$proof_half" "$receipt_half" "$cold" "$doc_half" "$rss" "$head" "$size" \
     "$sha_copy_s" "$rebuild_s" "$sha_export_s" "$verify_s" "$(stat -c %s "$WORK/copy.tsv")" "$(stat -c %s "$WORK/export.ndjson")" <<'PY'
 import json, sys
-d, p, r, ph, rh, cold = (json.loads(x) for x in sys.argv[1:7])
-rss, head, size = int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9])
-sha_copy_s, rebuild_s, sha_export_s, verify_s = (float(x) for x in sys.argv[10:14])
-copy_b, export_b = int(sys.argv[14]), int(sys.argv[15])
+d, p, r, ph, rh, cold, dh = (json.loads(x) for x in sys.argv[1:8])
+rss, head, size = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
+sha_copy_s, rebuild_s, sha_export_s, verify_s = (float(x) for x in sys.argv[11:15])
+copy_b, export_b = int(sys.argv[15]), int(sys.argv[16])
 print(f"\nlog of {head} events, newest checkpoint {size}")
 print(f"{'':46} {'req/s':>10} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8}")
 def row(name, x):
@@ -129,6 +130,7 @@ def row(name, x):
 row("observation documents, cache hits (baseline)", d)
 row("inclusion proofs", p)
 row("receipts", r)
+row("documents at half rate (open loop)", dh)
 row("inclusion proofs at half rate (open loop)", ph)
 row("receipts at half rate (open loop)", rh)
 row("inclusion proofs, first pass (tiles cold)", cold)
