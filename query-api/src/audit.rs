@@ -575,8 +575,9 @@ pub async fn receipt(
     // By the stream's index alone (a bound on `position` in the statement
     // tempts the planner into scanning the whole primary key); the events
     // beyond the checkpoint are left out here.
-    let sql =
-        format!("SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 ORDER BY stream_version");
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 ORDER BY stream_version"
+    );
     let mut events = sqlx::query(&sql)
         .bind(id)
         .try_map(|row: PgRow| event_from_row(&row))
