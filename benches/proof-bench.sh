@@ -40,7 +40,8 @@ trap proof_cleanup EXIT
 STANDBY=(psql -h 127.0.0.1 -p "$REPLICA_PORT" -U "$DB_USER" -Atq -d "$DB")
 
 load_weather "$EVENTS"
-head=$("${PSQL[@]}" -d "$DB" -c "SELECT max(position) FROM events")
+head=$("${PSQL[@]}" -d "$DB" -c "SELECT coalesce(max(position), 0) FROM events")
+[ "$head" -gt 0 ] || { echo "[bench] the log is empty after loading; see $WORK/api.log" >&2; tail -20 "$WORK/api.log" >&2; exit 1; }
 PROJECTOR_ADDR=127.0.0.1:$PROJECTOR_PORT "$BIN/projector" >"$WORK/projector.log" 2>&1 &
 PIDS+=($!)
 echo "[bench] projecting $head events; waiting for a checkpoint of them and for the standby"
