@@ -78,7 +78,7 @@ fn rebuild(c: &mut Criterion) {
                 h.update(prev);
                 h.update(c);
                 prev = h.finalize().into();
-                frontier.push(leaf_hash(&prev));
+                frontier.push_with(leaf_hash(&prev), |_, _, _| {});
             }
             assert_eq!(prev, events.last().unwrap().hash);
             frontier.root()
@@ -88,7 +88,7 @@ fn rebuild(c: &mut Criterion) {
         b.iter(|| {
             let mut frontier = Frontier::default();
             for e in &events {
-                frontier.push(leaf_hash(&e.hash));
+                frontier.push_with(leaf_hash(&e.hash), |_, _, _| {});
             }
             frontier.root()
         })

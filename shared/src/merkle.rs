@@ -281,7 +281,17 @@ impl Frontier {
     /// Appends one leaf hash; answers every complete subtree it completes,
     /// as `(level, index, hash)`, the leaf itself first.
     pub fn push(&mut self, leaf_hash: Hash) -> Vec<(u8, u64, Hash)> {
-        let mut completed = vec![(0, self.size, leaf_hash)];
+        let mut completed = Vec::with_capacity(2);
+        self.push_with(leaf_hash, |level, index, hash| {
+            completed.push((level, index, hash));
+        });
+        completed
+    }
+
+    /// Appends one leaf hash, telling `completed` of every complete subtree
+    /// it completes as [`Frontier::push`] answers them, without allocating.
+    pub fn push_with(&mut self, leaf_hash: Hash, mut completed: impl FnMut(u8, u64, Hash)) {
+        completed(0, self.size, leaf_hash);
         let mut hash = leaf_hash;
         let mut level = 0u8;
         while let Some(&(top, left)) = self.edge.last() {
@@ -291,11 +301,10 @@ impl Frontier {
             self.edge.pop();
             hash = node_hash(&left, &hash);
             level += 1;
-            completed.push((level, self.size >> level, hash));
+            completed(level, self.size >> level, hash);
         }
         self.edge.push((level, hash));
         self.size += 1;
-        completed
     }
 
     /// The root of the tree (the empty tree's for size 0).

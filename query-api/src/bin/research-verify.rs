@@ -201,7 +201,7 @@ impl State {
         let mut leaf = [0u8; 32];
         for _ in 0..checkpoint.size {
             reader.read_exact(&mut leaf)?;
-            frontier.push(leaf_hash(&leaf));
+            frontier.push_with(leaf_hash(&leaf), |_, _, _| {});
         }
         if frontier.root() != checkpoint.root {
             return Ok(Err(format!(
