@@ -116,6 +116,10 @@ for role in research_command research_projector research_query; do
     fi
 done
 psql_admin -c "SET client_min_messages = warning" -c "GRANT research_projector TO $DB_USER" >/dev/null
+# The owner drops databases it made (tests, benchmarks) WITH (FORCE), which
+# ends the sessions the service roles still hold in them: that needs the
+# right to signal their backends (never a superuser's).
+psql_admin -c "SET client_min_messages = warning" -c "GRANT pg_signal_backend TO $DB_USER" >/dev/null
 psql_admin -c "ALTER ROLE research_query SET default_transaction_read_only = on" >/dev/null
 if [ "$(psql_admin -c "SELECT count(*) FROM pg_database WHERE datname = '$DB_NAME'")" = 0 ]; then
     say "creating database $DB_NAME"
