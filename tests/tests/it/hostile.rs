@@ -452,20 +452,27 @@ async fn a_limited_auditor_reads_its_own_studies_events_only() {
     let (b, b_subject, b_observation, _) = second_study(&p).await;
     let head = p.head().await;
     let limited = token_for_studies("audra", &[Role::Auditor], &[p.study]);
-    let answer = p
-        .read_at("/v1/audit/events?limit=100000", &limited, head)
-        .await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.header("cache-control"), Some("no-store"));
-    let sources: Vec<String> = text(&answer)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["source"].to_string())
-        .collect();
     let own: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE study_id = $1")
         .bind(p.study)
         .fetch_one(&p.env.db.pool().await)
         .await
         .unwrap();
+    // The audit export reads the standby as it stands: wait until it has
+    // replayed A's events (then it must hold exactly those).
+    let replayed = Duration::from_secs(20);
+    let sources: Vec<String> = wait_until(replayed, "the standby to hold the head", || async {
+        let answer = p
+            .read_at("/v1/audit/events?limit=100000", &limited, head)
+            .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("cache-control"), Some("no-store"));
+        let sources: Vec<String> = text(&answer)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["source"].to_string())
+            .collect();
+        (sources.len() as i64 >= own).then_some(sources)
+    })
+    .await;
     assert_eq!(sources.len() as i64, own);
     assert!(sources
         .iter()
