@@ -123,17 +123,9 @@ pub async fn step(
     config: &CheckpointerConfig,
     last: &mut Option<LastSigned>,
 ) -> anyhow::Result<u64> {
-    // Batch after batch until the tree has every committed event.
-    let mut size;
-    loop {
-        let before = merkle_store::size(&mut *pool.acquire().await?).await?;
-        size = merkle_store::extend(pool, config.batch)
-            .await
-            .context("extending the Merkle tree")?;
-        if size < before + config.batch as u64 {
-            break;
-        }
-    }
+    let size = merkle_store::catch_up(pool, config.batch)
+        .await
+        .context("extending the Merkle tree")?;
     let due = match last {
         None => true,
         Some(last) => {

@@ -218,6 +218,22 @@ pub async fn prove_consistency(
 /// transaction with the new size (a crash leaves the tree as it was); one
 /// writer at a time (the size row is locked). Answers the new size.
 pub async fn extend(pool: &PgPool, limit: i64) -> Result<u64, TreeError> {
+    Ok(extend_counted(pool, limit).await?.0)
+}
+
+/// Extends the stored tree batch after batch (each as [`extend`]) until
+/// it holds every event the log has; answers its size.
+pub async fn catch_up(pool: &PgPool, batch: i64) -> Result<u64, TreeError> {
+    loop {
+        let (size, added) = extend_counted(pool, batch).await?;
+        if added < batch as u64 {
+            return Ok(size);
+        }
+    }
+}
+
+/// [`extend`], answering the new size and how many leaves it added.
+async fn extend_counted(pool: &PgPool, limit: i64) -> Result<(u64, u64), TreeError> {
     let mut tx = pool.begin().await?;
     let size: i64 = sqlx::query_scalar("SELECT size FROM merkle_tree FOR UPDATE")
         .fetch_one(&mut *tx)
@@ -230,7 +246,7 @@ pub async fn extend(pool: &PgPool, limit: i64) -> Result<u64, TreeError> {
     .fetch_all(&mut *tx)
     .await?;
     if events.is_empty() {
-        return Ok(size as u64);
+        return Ok((size as u64, 0));
     }
     // The tree's edge, and the partial tile of each stored level that the
     // new nodes continue.
@@ -285,5 +301,5 @@ pub async fn extend(pool: &PgPool, limit: i64) -> Result<u64, TreeError> {
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(new_size)
+    Ok((new_size, new_size - size))
 }

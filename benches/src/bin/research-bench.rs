@@ -154,16 +154,10 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("connecting to the event store")?;
             let started = std::time::Instant::now();
-            let (mut before, mut size) = (None, 0);
-            while before != Some(size) {
-                before = Some(size);
-                size = shared::merkle_store::extend(&pool, batch)
-                    .await
-                    .context("extending the tree")?;
-                eprint!("\r{size} events in the tree");
-            }
+            let size = shared::merkle_store::catch_up(&pool, batch)
+                .await
+                .context("extending the tree")?;
             let seconds = started.elapsed().as_secs_f64();
-            eprintln!();
             println!(
                 "{size} events in {seconds:.2} s ({:.0} events/s)",
                 size as f64 / seconds

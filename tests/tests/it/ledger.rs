@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::audit::tamper;
 use crate::env::{Env, ORIGIN};
+use crate::merkle::{penguin_log, rebuild};
 use crate::publishing::binary;
 
 /// Runs a program; answers (exit code, stdout).
@@ -163,11 +164,7 @@ async fn rewrite(pool: &PgPool, position: i64, from: &str, to: &str) {
         ));
     }
     tamper(pool, &sql).await;
-    sqlx::raw_sql("DELETE FROM merkle_tiles; UPDATE merkle_tree SET size = 0")
-        .execute(pool)
-        .await
-        .unwrap();
-    shared::merkle_store::extend(pool, 1_000_000).await.unwrap();
+    rebuild(pool).await;
 }
 
 #[tokio::test]
@@ -342,22 +339,7 @@ async fn another_key_a_truncated_log_and_a_fork_are_each_caught() {
 async fn tiles_are_served_in_the_tlog_tiles_layout_and_give_the_signed_root() {
     let env = Env::signing(23).await;
     // Past two full tiles of leaves: the three penguin seasons.
-    let mut studies = Vec::new();
-    for season in tests::penguins() {
-        let study = env.register(&season).await;
-        let subjects: Vec<Uuid> = season.subjects.iter().map(|_| Uuid::now_v7()).collect();
-        let commands = season.batch_commands(&study.to_string(), &subjects, 1);
-        let answer = env
-            .api
-            .post(
-                "/v1/commands",
-                &env.writer,
-                &json!({ "commands": commands }),
-            )
-            .await;
-        assert_eq!(answer.status, 200);
-        studies.push(study);
-    }
+    let studies = penguin_log(&env).await;
     let note = checkpointed(&env).await;
     let checkpoint = Checkpoint::verify(&note, &env.verifier(), ORIGIN).unwrap();
     assert!(checkpoint.size > TILE_WIDTH, "{}", checkpoint.size);
@@ -542,16 +524,7 @@ async fn a_tree_extended_by_a_killed_command_api_equals_a_rebuild_after_restart(
         .unwrap()
     };
     let built = tiles(owner.clone()).await;
-    sqlx::raw_sql("DELETE FROM merkle_tiles; UPDATE merkle_tree SET size = 0")
-        .execute(&owner)
-        .await
-        .unwrap();
-    assert_eq!(
-        shared::merkle_store::extend(&owner, 1_000_000)
-            .await
-            .unwrap(),
-        head
-    );
+    assert_eq!(rebuild(&owner).await, head);
     assert_eq!(tiles(owner.clone()).await, built);
     // And its root is the tree of the events' hashes.
     let events = EventStore::read_after(&owner, 0, 1_000_000).await.unwrap();

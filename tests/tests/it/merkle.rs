@@ -15,10 +15,12 @@ use uuid::Uuid;
 use crate::env::Env;
 
 /// The three penguin seasons through the batch endpoint: about 690 events,
-/// past two full tiles of leaves.
-async fn penguin_log(env: &Env) {
+/// past two full tiles of leaves; answers the studies.
+pub async fn penguin_log(env: &Env) -> Vec<Uuid> {
+    let mut studies = Vec::new();
     for study in tests::penguins() {
         let study_id = env.register(&study).await;
+        studies.push(study_id);
         let subjects: Vec<Uuid> = study.subjects.iter().map(|_| Uuid::now_v7()).collect();
         let commands = study.batch_commands(&study_id.to_string(), &subjects, 1);
         let answer = env
@@ -31,6 +33,17 @@ async fn penguin_log(env: &Env) {
             .await;
         assert_eq!(answer.status, 200);
     }
+    studies
+}
+
+/// Deletes the stored tree and builds it again from the events alone, as
+/// the owner; answers its size.
+pub async fn rebuild(owner: &PgPool) -> u64 {
+    sqlx::raw_sql("DELETE FROM merkle_tiles; UPDATE merkle_tree SET size = 0")
+        .execute(owner)
+        .await
+        .unwrap();
+    extend(owner, 1_000_000).await.unwrap()
 }
 
 async fn leaves(pool: &PgPool) -> Vec<Hash> {
@@ -91,11 +104,7 @@ async fn the_stored_tree_equals_the_tree_of_the_events_and_rebuilds_the_same() {
     drop(conn);
     // A rebuild from the events alone, in one batch, writes the same tiles.
     let incremental = all_tiles(&owner).await;
-    sqlx::raw_sql("DELETE FROM merkle_tiles; UPDATE merkle_tree SET size = 0")
-        .execute(&owner)
-        .await
-        .unwrap();
-    assert_eq!(extend(&writer, 1_000_000).await.unwrap(), head);
+    assert_eq!(rebuild(&owner).await, head);
     assert_eq!(all_tiles(&owner).await, incremental);
 }
 
