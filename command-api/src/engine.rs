@@ -15,7 +15,7 @@ use shared::domain::{
     States,
 };
 use shared::store::{
-    AppendError, AppendRequest, Appended, Claim, EncodedEvent, EventStore, IdempotencyCompletion,
+    AppendError, AppendRequest, Appended, EncodedEvent, EventStore, IdempotencyCompletion,
 };
 use uuid::Uuid;
 
@@ -303,70 +303,17 @@ impl Engine {
         self.authorize(command, &meta.principal, meta.server_made_id)
             .await?;
         let (written_kind, written_id) = command.written();
-        let mut study = None;
-        let mut subject = None;
-        let mut observation = None;
-        let mut from_memory = false;
-        // The id of a created aggregate, when it may already exist.
-        let created = (command.creates() && !meta.server_made_id).then_some(written_id);
-        let fetch = |id: Uuid, kind: AggregateKind| {
-            self.typed(id, kind, created == Some(id), fresh, overlay)
-        };
-        match command {
-            Command::RegisterStudy(c) => {
-                if created.is_some() {
-                    (study, from_memory) = fetch(c.study_id, AggregateKind::Study).await?;
-                }
-            }
-            Command::AmendStudy(_) | Command::CloseStudy { .. } => {
-                (study, from_memory) = fetch(written_id, AggregateKind::Study).await?;
-            }
-            Command::RegisterSubject(c) => {
-                study = fetch(c.study_id, AggregateKind::Study).await?.0;
-                if created.is_some() {
-                    (subject, from_memory) = fetch(c.subject_id, AggregateKind::Subject).await?;
-                }
-            }
-            Command::WithdrawSubject { .. } => {
-                (subject, from_memory) = fetch(written_id, AggregateKind::Subject).await?;
-            }
-            Command::RecordObservation(c) => {
-                subject = fetch(c.subject_id, AggregateKind::Subject).await?.0;
-                if let Some(s) = &subject {
-                    study = fetch(s.state.study_id(), AggregateKind::Study).await?.0;
-                }
-                if created.is_some() {
-                    (observation, from_memory) =
-                        fetch(c.observation_id, AggregateKind::Observation).await?;
-                }
-            }
-            Command::CorrectObservation(_)
-            | Command::RetractObservation { .. }
-            | Command::SignObservation { .. } => {
-                (observation, from_memory) = fetch(written_id, AggregateKind::Observation).await?;
-                if let Some(o) = &observation {
-                    study = fetch(o.state.study_id(), AggregateKind::Study).await?.0;
-                }
-            }
-        }
+        let (found, from_memory) = self.gather(command, meta, fresh, overlay).await?;
 
         // Every event names its study (the CloudEvents `source`), also when
         // the decision did not need the study's own state.
         let study_id = match command {
             Command::RegisterStudy(c) => Some(c.study_id),
-            _ => study
-                .as_ref()
-                .or(subject.as_ref())
-                .or(observation.as_ref())
-                .map(|s| s.state.study_id()),
+            _ => found.study_id(),
         };
         within_scope(command, &meta.principal, meta.server_made_id, study_id)?;
 
-        let base = match written_kind {
-            AggregateKind::Study => study.clone(),
-            AggregateKind::Subject => subject.clone(),
-            AggregateKind::Observation => observation.clone(),
-        };
+        let base = found.get(written_kind).cloned();
         let current = base.as_ref().map_or(0, Cached::version);
         if let Some(expected) = meta.if_match {
             if expected > current && from_memory && !fresh {
@@ -377,35 +324,13 @@ impl Engine {
             }
         }
 
-        let states = States {
-            study: study.as_ref().and_then(|c| as_study(&c.state)),
-            subject: subject.as_ref().and_then(|c| as_subject(&c.state)),
-            observation: observation.as_ref().and_then(|c| as_observation(&c.state)),
-        };
-        let events = decide(command, &meta.principal.id, states)?;
-
-        let mut guards = Vec::new();
-        let mut guard = |c: &Option<Cached>| {
-            if let Some(c) = c {
-                guards.push((id_of(&c.state), c.version()));
-            }
-        };
-        match command {
-            Command::RegisterSubject(_) => guard(&study),
-            Command::RecordObservation(_) => {
-                guard(&study);
-                guard(&subject);
-            }
-            Command::CorrectObservation(_) | Command::RetractObservation { .. } => guard(&study),
-            _ => {}
-        }
-        let claims = match command {
-            Command::RegisterStudy(c) => vec![Claim {
-                scope: "study code",
-                key: c.code.as_str().to_owned(),
-            }],
-            _ => Vec::new(),
-        };
+        let events = decide(command, &meta.principal.id, found.states())?;
+        let guards = command
+            .guards()
+            .iter()
+            .filter_map(|&kind| found.get(kind))
+            .map(|c| (c.state.id(), c.version()))
+            .collect();
         let request = AppendRequest {
             aggregate_kind: written_kind,
             aggregate_id: written_id,
@@ -413,33 +338,70 @@ impl Engine {
             expected_version: current,
             events: events.iter().map(EncodedEvent::of).collect(),
             guards,
-            claims,
+            claims: command.claims(),
             actor: meta.principal.id.to_string(),
             reason: command.reason().map(str::to_owned),
             correlation_id: meta.correlation_id.clone(),
             causation_id: meta.causation_id.clone(),
             idempotency: meta.idempotency.clone(),
         };
-        let published = request.published_len_bound();
-        let limit = self.max_event_bytes();
-        if published > limit {
-            metrics::counter!("commands_too_large_total").increment(1);
-            return Err(shared::problem::Problem::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "event-too-large",
-                "The event would be too large to publish",
-                format!(
-                    "this command makes an event of up to {published} bytes; the event log publishes at most {limit} bytes per event"
-                ),
-            )
-            .into());
-        }
+        self.check_publishable(&request)?;
         Ok(Step::Ready(Box::new(Prepared {
             request,
             events,
             base,
             base_from_memory: from_memory && !fresh,
         })))
+    }
+
+    /// The states `command` reads (`Command::reads`), and whether the
+    /// written aggregate's came from memory.
+    async fn gather(
+        &self,
+        command: &Command,
+        meta: &CommandMeta,
+        fresh: bool,
+        overlay: Option<&Overlay>,
+    ) -> Result<(Found, bool), ApiError> {
+        let written_kind = command.written().0;
+        let mut found = Found::default();
+        let mut from_memory = false;
+        for read in command.reads() {
+            // A server-made id is new: nothing can hold it yet.
+            if read.creates && meta.server_made_id {
+                continue;
+            }
+            let Some(id) = read.id(|kind| found.get(kind).map(|c| c.state.study_id())) else {
+                continue;
+            };
+            let (state, memory) = self
+                .typed(id, read.kind, read.creates, fresh, overlay)
+                .await?;
+            if read.kind == written_kind {
+                from_memory = memory;
+            }
+            *found.slot(read.kind) = state;
+        }
+        Ok((found, from_memory))
+    }
+
+    /// Refuses an event too large to ever be published.
+    fn check_publishable(&self, request: &AppendRequest) -> Result<(), ApiError> {
+        let published = request.published_len_bound();
+        let limit = self.max_event_bytes();
+        if published <= limit {
+            return Ok(());
+        }
+        metrics::counter!("commands_too_large_total").increment(1);
+        Err(shared::problem::Problem::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "event-too-large",
+            "The event would be too large to publish",
+            format!(
+                "this command makes an event of up to {published} bytes; the event log publishes at most {limit} bytes per event"
+            ),
+        )
+        .into())
     }
 
     /// Whether `principal` may make `command` as far as study scope goes,
@@ -604,31 +566,48 @@ fn fold_onto(
     })
 }
 
-fn id_of(state: &AggregateState) -> Uuid {
-    match state {
-        AggregateState::Study(s) => s.id,
-        AggregateState::Subject(s) => s.id,
-        AggregateState::Observation(s) => s.id,
-    }
+/// The states a command read, one per kind.
+#[derive(Default)]
+struct Found {
+    study: Option<Cached>,
+    subject: Option<Cached>,
+    observation: Option<Cached>,
 }
 
-fn as_study(state: &AggregateState) -> Option<&shared::domain::StudyState> {
-    match state {
-        AggregateState::Study(s) => Some(s),
-        _ => None,
+impl Found {
+    fn slot(&mut self, kind: AggregateKind) -> &mut Option<Cached> {
+        match kind {
+            AggregateKind::Study => &mut self.study,
+            AggregateKind::Subject => &mut self.subject,
+            AggregateKind::Observation => &mut self.observation,
+        }
     }
-}
 
-fn as_subject(state: &AggregateState) -> Option<&shared::domain::SubjectState> {
-    match state {
-        AggregateState::Subject(s) => Some(s),
-        _ => None,
+    fn get(&self, kind: AggregateKind) -> Option<&Cached> {
+        match kind {
+            AggregateKind::Study => self.study.as_ref(),
+            AggregateKind::Subject => self.subject.as_ref(),
+            AggregateKind::Observation => self.observation.as_ref(),
+        }
     }
-}
 
-fn as_observation(state: &AggregateState) -> Option<&shared::domain::ObservationState> {
-    match state {
-        AggregateState::Observation(s) => Some(s),
-        _ => None,
+    /// The study of any state read.
+    fn study_id(&self) -> Option<Uuid> {
+        [&self.study, &self.subject, &self.observation]
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|c| c.state.study_id())
+    }
+
+    fn states(&self) -> States<'_> {
+        States {
+            study: self.study.as_ref().and_then(|c| c.state.as_study()),
+            subject: self.subject.as_ref().and_then(|c| c.state.as_subject()),
+            observation: self
+                .observation
+                .as_ref()
+                .and_then(|c| c.state.as_observation()),
+        }
     }
 }

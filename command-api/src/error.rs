@@ -64,7 +64,7 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 "code-taken",
                 "Already taken",
-                format!("{scope} {key:?} is already taken"),
+                format!("{} {key:?} is already taken", scope.as_str()),
             ),
             Self::Append(AppendError::Refused { correlation_id }) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

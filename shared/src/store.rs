@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::domain::{AggregateKind, DomainEvent};
+use crate::domain::{AggregateKind, Claim, ClaimScope, DomainEvent};
 use crate::envelope::{StoredEvent, GENESIS_HASH};
 
 /// Advisory lock key that serialises appends across processes
@@ -29,13 +29,6 @@ pub const APPEND_LOCK_KEY: i64 = 0x7265_7365_6172_6368;
 pub const EVENT_COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, stream_version, study_id, \
      event_type, schema_version, data::text AS data, actor, reason, correlation_id, causation_id, recorded_at, \
      prevhash, hash";
-
-/// A value that must be unique across aggregates, such as a study code.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Claim {
-    pub scope: &'static str,
-    pub key: String,
-}
 
 /// The answer of a single command, stored with its idempotency key in the
 /// same transaction as its events.
@@ -128,8 +121,8 @@ pub enum AppendError {
         expected: i64,
         actual: i64,
     },
-    #[error("{scope} {key:?} is already taken")]
-    ClaimTaken { scope: &'static str, key: String },
+    #[error("{} {key:?} is already taken", .scope.as_str())]
+    ClaimTaken { scope: ClaimScope, key: String },
     /// PostgreSQL refused this request's rows when it was written alone (a
     /// value no check before the database caught); the cause is logged
     /// under `correlation_id`.
@@ -534,7 +527,7 @@ async fn write_batch(
     } else {
         let values = wanted
             .iter()
-            .map(|c| format!("({}, {})", literal(c.scope), literal(&c.key)))
+            .map(|c| format!("({}, {})", literal(c.scope.as_str()), literal(&c.key)))
             .collect::<Vec<_>>()
             .join(",");
         format!(" UNION ALL SELECT 'c', NULL, NULL, NULL, scope, key FROM unique_claims WHERE (scope, key) IN ({values})")
@@ -612,7 +605,7 @@ async fn write_batch(
         }
         versions.insert(request.aggregate_id, version);
         for claim in &request.claims {
-            taken.insert((claim.scope.to_owned(), claim.key.clone()));
+            taken.insert((claim.scope.as_str().to_owned(), claim.key.clone()));
             claims.push(claim, request.aggregate_id, position);
         }
         if let Some(done) = &request.idempotency {
@@ -718,7 +711,7 @@ fn check(
         }
     }
     for claim in &request.claims {
-        if taken.contains(&(claim.scope.to_owned(), claim.key.clone())) {
+        if taken.contains(&(claim.scope.as_str().to_owned(), claim.key.clone())) {
             return Err(AppendError::ClaimTaken {
                 scope: claim.scope,
                 key: claim.key.clone(),
@@ -780,7 +773,7 @@ struct ClaimRows {
 
 impl ClaimRows {
     fn push(&mut self, claim: &Claim, owner: Uuid, position: i64) {
-        self.scope.push(claim.scope);
+        self.scope.push(claim.scope.as_str());
         self.key.push(claim.key.clone());
         self.owner.push(owner);
         self.position.push(position);

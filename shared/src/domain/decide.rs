@@ -1,11 +1,12 @@
-//! Commands and `decide`: the domain rules of the contract as one pure
-//! function from (states, command) to new events or a typed refusal.
+//! `decide`: the domain rules of the contract as one pure function from
+//! (states, command) to new events or a typed refusal, one function per
+//! aggregate.
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::command::{Command, MAX_VARIABLES};
 use super::events::{
     AggregateKind, DomainEvent, ObservationCorrected, ObservationRecorded, ObservationSigned,
     StudyAmended, StudyRegistered, SubjectRegistered,
@@ -13,149 +14,7 @@ use super::events::{
 use super::state::{
     ObservationState, ObservationStatus, StudyState, StudyStatus, SubjectState, SubjectStatus,
 };
-use super::text::{FreeText, Label, PersonName, Reason};
-use super::values::{
-    Attributes, NewVariable, ObservationValues, SignatureMeaning, StudyCode, Variable,
-};
-
-/// Most variables of one study.
-pub const MAX_VARIABLES: usize = 1_000;
-
-// Commands hold only parsed values (`text.rs`, `values.rs`): a command
-// cannot carry text that the event store, the read tables or the published
-// messages could not hold.
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RegisterStudy {
-    pub study_id: Uuid,
-    pub code: StudyCode,
-    pub title: FreeText,
-    pub principal_investigator: PersonName,
-    pub description: Option<FreeText>,
-    pub variables: Vec<NewVariable>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct AmendStudy {
-    pub study_id: Uuid,
-    pub title: Option<FreeText>,
-    pub description: Option<FreeText>,
-    pub add_variables: Vec<NewVariable>,
-    pub reason: Reason,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RegisterSubject {
-    pub study_id: Uuid,
-    pub subject_id: Uuid,
-    pub label: Label,
-    pub attributes: Attributes,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecordObservation {
-    pub subject_id: Uuid,
-    pub observation_id: Uuid,
-    pub observed_at: DateTime<Utc>,
-    pub values: ObservationValues,
-    pub comment: Option<FreeText>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CorrectObservation {
-    pub observation_id: Uuid,
-    pub values: ObservationValues,
-    pub reason: Reason,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    RegisterStudy(RegisterStudy),
-    AmendStudy(AmendStudy),
-    CloseStudy {
-        study_id: Uuid,
-        reason: Reason,
-    },
-    RegisterSubject(RegisterSubject),
-    WithdrawSubject {
-        subject_id: Uuid,
-        reason: Reason,
-    },
-    RecordObservation(RecordObservation),
-    CorrectObservation(CorrectObservation),
-    RetractObservation {
-        observation_id: Uuid,
-        reason: Reason,
-    },
-    SignObservation {
-        observation_id: Uuid,
-        meaning: SignatureMeaning,
-    },
-}
-
-impl Command {
-    /// The aggregate the command appends to.
-    pub fn written(&self) -> (AggregateKind, Uuid) {
-        match self {
-            Self::RegisterStudy(c) => (AggregateKind::Study, c.study_id),
-            Self::AmendStudy(c) => (AggregateKind::Study, c.study_id),
-            Self::CloseStudy { study_id, .. } => (AggregateKind::Study, *study_id),
-            Self::RegisterSubject(c) => (AggregateKind::Subject, c.subject_id),
-            Self::WithdrawSubject { subject_id, .. } => (AggregateKind::Subject, *subject_id),
-            Self::RecordObservation(c) => (AggregateKind::Observation, c.observation_id),
-            Self::CorrectObservation(c) => (AggregateKind::Observation, c.observation_id),
-            Self::RetractObservation { observation_id, .. }
-            | Self::SignObservation { observation_id, .. } => {
-                (AggregateKind::Observation, *observation_id)
-            }
-        }
-    }
-
-    /// The existing aggregate the command is addressed to (the id in its
-    /// path), from which the other states it needs are found.
-    pub fn target(&self) -> Option<(AggregateKind, Uuid)> {
-        match self {
-            Self::RegisterStudy(_) => None,
-            Self::RegisterSubject(c) => Some((AggregateKind::Study, c.study_id)),
-            Self::RecordObservation(c) => Some((AggregateKind::Subject, c.subject_id)),
-            other => Some(other.written()),
-        }
-    }
-
-    /// Whether the command creates its aggregate (and answers `201`).
-    pub fn creates(&self) -> bool {
-        matches!(
-            self,
-            Self::RegisterStudy(_) | Self::RegisterSubject(_) | Self::RecordObservation(_)
-        )
-    }
-
-    /// The reason recorded in the envelope, for the commands that need one.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            Self::AmendStudy(c) => Some(c.reason.as_str()),
-            Self::CloseStudy { reason, .. }
-            | Self::WithdrawSubject { reason, .. }
-            | Self::RetractObservation { reason, .. } => Some(reason.as_str()),
-            Self::CorrectObservation(c) => Some(c.reason.as_str()),
-            _ => None,
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::RegisterStudy(_) => "RegisterStudy",
-            Self::AmendStudy(_) => "AmendStudy",
-            Self::CloseStudy { .. } => "CloseStudy",
-            Self::RegisterSubject(_) => "RegisterSubject",
-            Self::WithdrawSubject { .. } => "WithdrawSubject",
-            Self::RecordObservation(_) => "RecordObservation",
-            Self::CorrectObservation(_) => "CorrectObservation",
-            Self::RetractObservation { .. } => "RetractObservation",
-            Self::SignObservation { .. } => "SignObservation",
-        }
-    }
-}
+use super::values::{NewVariable, ObservationValues, SignatureMeaning, Variable};
 
 /// A domain rule of the contract; its name is part of the `422` problem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +114,19 @@ pub struct States<'a> {
     pub observation: Option<&'a ObservationState>,
 }
 
+impl States<'_> {
+    /// The study of the state of `kind` among these, for [`Read::id`].
+    ///
+    /// [`Read::id`]: super::Read::id
+    pub fn study_of(&self, kind: AggregateKind) -> Option<Uuid> {
+        match kind {
+            AggregateKind::Study => self.study.map(|s| s.id),
+            AggregateKind::Subject => self.subject.map(|s| s.study_id),
+            AggregateKind::Observation => self.observation.map(|o| o.study_id),
+        }
+    }
+}
+
 /// Decides a command against the current states. `actor` is the principal
 /// making the command (role checks happen at the edge; the two-person rule
 /// is a domain rule and is checked here).
@@ -272,97 +144,107 @@ pub fn decide(
             ));
         }
     }
+    let event = match command.written().0 {
+        AggregateKind::Study => decide_study(command, states.study)?,
+        AggregateKind::Subject => decide_subject(command, states)?,
+        AggregateKind::Observation => decide_observation(command, actor, states)?,
+    };
+    Ok(vec![event])
+}
+
+/// Registering, amending and closing a study.
+fn decide_study(command: &Command, study: Option<&StudyState>) -> Result<DomainEvent, DomainError> {
     match command {
         Command::RegisterStudy(c) => {
-            if states.study.is_some() {
+            if study.is_some() {
                 return Err(DomainError::AlreadyExists {
                     kind: AggregateKind::Study,
                     id: c.study_id,
                 });
             }
             check_new_variables(&c.variables, &[], "variables")?;
-            Ok(vec![DomainEvent::StudyRegistered(StudyRegistered {
+            Ok(DomainEvent::StudyRegistered(StudyRegistered {
                 study_id: c.study_id,
                 code: c.code.clone(),
                 title: c.title.to_string(),
                 principal_investigator: c.principal_investigator.to_string(),
                 description: c.description.as_ref().map(ToString::to_string),
                 variables: c.variables.iter().map(NewVariable::to_variable).collect(),
-            })])
+            }))
         }
         Command::AmendStudy(c) => {
-            let study = open_study(states.study, c.study_id)?;
-            let changes_title = c.title.as_ref().is_some_and(|t| **t != study.title);
-            let changes_description = c
+            let study = open_study(study, c.study_id)?;
+            let title = c.title.as_ref().filter(|t| ***t != study.title);
+            let description = c
                 .description
                 .as_ref()
-                .is_some_and(|d| study.description.as_deref() != Some(d.as_str()));
-            if !changes_title && !changes_description && c.add_variables.is_empty() {
+                .filter(|d| study.description.as_deref() != Some(d.as_str()));
+            if title.is_none() && description.is_none() && c.add_variables.is_empty() {
                 return Err(DomainError::rule(
                     Rule::NothingChanged,
                     "the amendment changes nothing",
                 ));
             }
             check_new_variables(&c.add_variables, &study.variables, "add_variables")?;
-            Ok(vec![DomainEvent::StudyAmended(StudyAmended {
-                title: c
-                    .title
-                    .as_ref()
-                    .filter(|_| changes_title)
-                    .map(ToString::to_string),
-                description: c
-                    .description
-                    .as_ref()
-                    .filter(|_| changes_description)
-                    .map(ToString::to_string),
+            Ok(DomainEvent::StudyAmended(StudyAmended {
+                title: title.map(ToString::to_string),
+                description: description.map(ToString::to_string),
                 add_variables: c
                     .add_variables
                     .iter()
                     .map(NewVariable::to_variable)
                     .collect(),
-            })])
+            }))
         }
-        Command::CloseStudy { study_id, .. } => {
-            let study = states.study.ok_or(DomainError::NotFound {
-                kind: AggregateKind::Study,
-                id: *study_id,
-            })?;
+        _ => {
+            let (kind, id) = command.written();
+            let study = study.ok_or(DomainError::NotFound { kind, id })?;
             if study.status == StudyStatus::Closed {
                 return Err(DomainError::rule(
                     Rule::AlreadyClosed,
                     "the study is already closed",
                 ));
             }
-            Ok(vec![DomainEvent::StudyClosed])
+            Ok(DomainEvent::StudyClosed)
         }
-        Command::RegisterSubject(c) => {
-            open_study(states.study, c.study_id)?;
-            if states.subject.is_some() {
-                return Err(DomainError::AlreadyExists {
-                    kind: AggregateKind::Subject,
-                    id: c.subject_id,
-                });
-            }
-            Ok(vec![DomainEvent::SubjectRegistered(SubjectRegistered {
-                subject_id: c.subject_id,
-                study_id: c.study_id,
-                label: c.label.to_string(),
-                attributes: c.attributes.as_map().clone(),
-            })])
-        }
-        Command::WithdrawSubject { subject_id, .. } => {
-            let subject = states.subject.ok_or(DomainError::NotFound {
+    }
+}
+
+/// Registering and withdrawing a subject.
+fn decide_subject(command: &Command, states: States<'_>) -> Result<DomainEvent, DomainError> {
+    if let Command::RegisterSubject(c) = command {
+        open_study(states.study, c.study_id)?;
+        if states.subject.is_some() {
+            return Err(DomainError::AlreadyExists {
                 kind: AggregateKind::Subject,
-                id: *subject_id,
-            })?;
-            if subject.status == SubjectStatus::Withdrawn {
-                return Err(DomainError::rule(
-                    Rule::AlreadyWithdrawn,
-                    "the subject is already withdrawn",
-                ));
-            }
-            Ok(vec![DomainEvent::SubjectWithdrawn])
+                id: c.subject_id,
+            });
         }
+        return Ok(DomainEvent::SubjectRegistered(SubjectRegistered {
+            subject_id: c.subject_id,
+            study_id: c.study_id,
+            label: c.label.to_string(),
+            attributes: c.attributes.as_map().clone(),
+        }));
+    }
+    let (kind, id) = command.written();
+    let subject = states.subject.ok_or(DomainError::NotFound { kind, id })?;
+    if subject.status == SubjectStatus::Withdrawn {
+        return Err(DomainError::rule(
+            Rule::AlreadyWithdrawn,
+            "the subject is already withdrawn",
+        ));
+    }
+    Ok(DomainEvent::SubjectWithdrawn)
+}
+
+/// Recording, correcting, retracting and signing an observation.
+fn decide_observation(
+    command: &Command,
+    actor: &str,
+    states: States<'_>,
+) -> Result<DomainEvent, DomainError> {
+    match command {
         Command::RecordObservation(c) => {
             let subject = states.subject.ok_or(DomainError::NotFound {
                 kind: AggregateKind::Subject,
@@ -382,16 +264,14 @@ pub fn decide(
                 });
             }
             check_values(study, &c.values)?;
-            Ok(vec![DomainEvent::ObservationRecorded(
-                ObservationRecorded {
-                    observation_id: c.observation_id,
-                    study_id: study.id,
-                    subject_id: subject.id,
-                    observed_at: c.observed_at,
-                    values: c.values.to_map(),
-                    comment: c.comment.as_ref().map(ToString::to_string),
-                },
-            )])
+            Ok(DomainEvent::ObservationRecorded(ObservationRecorded {
+                observation_id: c.observation_id,
+                study_id: study.id,
+                subject_id: subject.id,
+                observed_at: c.observed_at,
+                values: c.values.to_map(),
+                comment: c.comment.as_ref().map(ToString::to_string),
+            }))
         }
         Command::CorrectObservation(c) => {
             let observation = live_observation(states.observation, c.observation_id, "corrected")?;
@@ -406,46 +286,52 @@ pub fn decide(
                     "a correction must change at least one value",
                 ));
             }
-            Ok(vec![DomainEvent::ObservationCorrected(
-                ObservationCorrected {
-                    values: c.values.to_map(),
-                },
-            )])
-        }
-        Command::RetractObservation { observation_id, .. } => {
-            let observation =
-                live_observation(states.observation, *observation_id, "retracted again")?;
-            open_study(states.study, observation.study_id)?;
-            Ok(vec![DomainEvent::ObservationRetracted])
+            Ok(DomainEvent::ObservationCorrected(ObservationCorrected {
+                values: c.values.to_map(),
+            }))
         }
         Command::SignObservation {
             observation_id,
             meaning,
-        } => {
-            let observation = live_observation(states.observation, *observation_id, "signed")?;
-            if *meaning == SignatureMeaning::Approved
-                && observation.authors.iter().any(|a| a == actor)
-            {
-                return Err(DomainError::rule(
-                    Rule::SelfApproval,
-                    "an approval needs a signer who neither recorded nor corrected the observation",
-                ));
-            }
-            if observation
-                .signatures
-                .iter()
-                .any(|s| s.signer == actor && s.meaning == *meaning)
-            {
-                return Err(DomainError::rule(
-                    Rule::AlreadySigned,
-                    "this signer has already given this signature",
-                ));
-            }
-            Ok(vec![DomainEvent::ObservationSigned(ObservationSigned {
-                meaning: *meaning,
-            })])
+        } => sign(
+            live_observation(states.observation, *observation_id, "signed")?,
+            actor,
+            *meaning,
+        ),
+        _ => {
+            let id = command.written().1;
+            let observation = live_observation(states.observation, id, "retracted again")?;
+            open_study(states.study, observation.study_id)?;
+            Ok(DomainEvent::ObservationRetracted)
         }
     }
+}
+
+/// The two-person rule, and one signature of each meaning per signer.
+fn sign(
+    observation: &ObservationState,
+    actor: &str,
+    meaning: SignatureMeaning,
+) -> Result<DomainEvent, DomainError> {
+    if meaning == SignatureMeaning::Approved && observation.authors.iter().any(|a| a == actor) {
+        return Err(DomainError::rule(
+            Rule::SelfApproval,
+            "an approval needs a signer who neither recorded nor corrected the observation",
+        ));
+    }
+    if observation
+        .signatures
+        .iter()
+        .any(|s| s.signer == actor && s.meaning == meaning)
+    {
+        return Err(DomainError::rule(
+            Rule::AlreadySigned,
+            "this signer has already given this signature",
+        ));
+    }
+    Ok(DomainEvent::ObservationSigned(ObservationSigned {
+        meaning,
+    }))
 }
 
 fn open_study(study: Option<&StudyState>, id: Uuid) -> Result<&StudyState, DomainError> {

@@ -1,6 +1,7 @@
 //! The domain: value objects, commands, events, and the pure `decide` and
 //! `apply` functions. Nothing in this module does I/O or reads a clock.
 
+mod command;
 mod decide;
 mod events;
 mod state;
@@ -10,10 +11,11 @@ mod values;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{
-    decide, AmendStudy, Command, CorrectObservation, DomainError, FieldError, RecordObservation,
-    RegisterStudy, RegisterSubject, Rule, States, MAX_VARIABLES,
+pub use command::{
+    AmendStudy, Claim, ClaimScope, Command, CorrectObservation, Read, ReadAt, RecordObservation,
+    RegisterStudy, RegisterSubject, MAX_VARIABLES,
 };
+pub use decide::{decide, DomainError, FieldError, Rule, States};
 pub use events::{
     AggregateKind, DomainEvent, Empty, EventDecodeError, ObservationCorrected, ObservationRecorded,
     ObservationSigned, StudyAmended, StudyRegistered, SubjectRegistered, EVENT_TYPES,

@@ -133,6 +133,36 @@ impl AggregateState {
             Self::Observation(s) => s.study_id,
         }
     }
+
+    /// The aggregate's own id.
+    pub fn id(&self) -> Uuid {
+        match self {
+            Self::Study(s) => s.id,
+            Self::Subject(s) => s.id,
+            Self::Observation(s) => s.id,
+        }
+    }
+
+    pub fn as_study(&self) -> Option<&StudyState> {
+        match self {
+            Self::Study(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_subject(&self) -> Option<&SubjectState> {
+        match self {
+            Self::Subject(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_observation(&self) -> Option<&ObservationState> {
+        match self {
+            Self::Observation(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// An event that does not fit the state it is applied to. The store only

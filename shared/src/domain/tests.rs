@@ -40,26 +40,18 @@ impl World {
     }
 
     /// Finds the states a command needs, as the command API does.
+    /// The states `command` reads, gathered by `Command::reads` as the
+    /// command API gathers them.
     fn states_for(&self, command: &Command) -> States<'_> {
-        let (_, written) = command.written();
         let mut states = States::default();
-        match command {
-            Command::RegisterStudy(_) | Command::AmendStudy(_) | Command::CloseStudy { .. } => {
-                states.study = self.study(written);
-            }
-            Command::RegisterSubject(c) => {
-                states.study = self.study(c.study_id);
-                states.subject = self.subject(written);
-            }
-            Command::WithdrawSubject { .. } => states.subject = self.subject(written),
-            Command::RecordObservation(c) => {
-                states.subject = self.subject(c.subject_id);
-                states.study = states.subject.and_then(|s| self.study(s.study_id));
-                states.observation = self.observation(written);
-            }
-            _ => {
-                states.observation = self.observation(written);
-                states.study = states.observation.and_then(|o| self.study(o.study_id));
+        for read in command.reads() {
+            let Some(id) = read.id(|kind| states.study_of(kind)) else {
+                continue;
+            };
+            match read.kind {
+                AggregateKind::Study => states.study = self.study(id),
+                AggregateKind::Subject => states.subject = self.subject(id),
+                AggregateKind::Observation => states.observation = self.observation(id),
             }
         }
         states
