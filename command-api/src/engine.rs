@@ -19,8 +19,8 @@ use shared::store::{
 };
 use uuid::Uuid;
 
-use crate::cache::{Cached, StateCache};
 use crate::error::ApiError;
+use crate::state_cache::{Cached, StateCache};
 
 /// How often a command is decided again after losing to a stale cache.
 const MAX_ATTEMPTS: usize = 4;

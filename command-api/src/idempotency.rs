@@ -2,12 +2,119 @@
 //! claimed before the command runs, and completed with the answer (in the
 //! append transaction for single commands, so a committed command and its
 //! stored answer cannot part). A crashed holder's claim lapses after a lease.
+//!
+//! The steps a handler takes, in order: [`key_of`] (the header, checked),
+//! [`claim_or_answer`] (run the command, or answer for the key), then
+//! [`settle`] when the command was not appended with its answer.
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
+use shared::auth::Principal;
+use shared::problem::Problem;
 use sqlx::PgPool;
+
+use crate::answers::json_response;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The key a client sent, checked, or a `400`.
+pub fn key_of(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    match headers.get(&IDEMPOTENCY_KEY) {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(key) if valid_key(key) => Ok(Some(key.to_owned())),
+            _ => Err(Problem::bad_request(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )),
+        },
+    }
+}
+
+/// Claims the key (when there is one): `Ok` to run the command, or the
+/// answer for the key. A stored answer is replayed only once `authorized`
+/// says this token may make the request now (its roles and studies may
+/// have changed since).
+pub async fn claim_or_answer<Fut>(
+    state: &AppState,
+    principal: &Principal,
+    key: Option<&str>,
+    (method, path, body): (&Method, &str, &[u8]),
+    authorized: impl FnOnce() -> Fut,
+) -> Result<(), Response>
+where
+    Fut: Future<Output = Result<(), Problem>>,
+{
+    let Some(key) = key else { return Ok(()) };
+    let hash = request_hash(method.as_str(), path, body);
+    let lease = state.request_timeout + Duration::from_secs(30);
+    match claim(state.engine.store.pool(), &principal.id, key, &hash, lease).await {
+        Ok(Claimed::Fresh) => Ok(()),
+        Ok(Claimed::Replay { status, body }) => match authorized().await {
+            Ok(()) => Err(replay(status, body)),
+            Err(problem) => Err(problem.into_response()),
+        },
+        Ok(Claimed::Mismatch) => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            "this Idempotency-Key was used with a different request in the last 24 hours",
+        )
+        .into_response()),
+        Ok(Claimed::InFlight) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-in-flight",
+            "Request in flight",
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+        )
+        .retry_after(1)
+        .into_response()),
+        Err(e) => Err(ApiError::Internal(e).into_response()),
+    }
+}
+
+/// Stores an answer that was not stored with events (a refusal, a batch),
+/// or releases the key after a fault so that a retry runs again.
+pub async fn settle(
+    state: &AppState,
+    principal: &Principal,
+    key: &str,
+    status: StatusCode,
+    body: &[u8],
+) {
+    let pool = state.engine.store.pool();
+    let outcome = if status.is_server_error() {
+        release(pool, &principal.id, key).await
+    } else {
+        complete(pool, &principal.id, key, status.as_u16(), body).await
+    };
+    if let Err(error) = outcome {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "could not settle an idempotency key"
+        );
+    }
+}
+
+/// A stored answer, sent again with `Idempotent-Replayed`.
+fn replay(status: u16, body: Vec<u8>) -> Response {
+    let position = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("position").and_then(serde_json::Value::as_i64));
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json_response(status, body, position.filter(|_| status.is_success()));
+    response.headers_mut().insert(
+        HeaderName::from_static("idempotent-replayed"),
+        HeaderValue::from_static("true"),
+    );
+    response
+}
 
 /// How long an answer is replayed.
 pub const RETENTION: &str = "24 hours";
@@ -96,7 +203,7 @@ pub async fn claim(
 }
 
 /// Stores the answer of a command that did not append (a refusal).
-pub async fn complete(
+async fn complete(
     pool: &PgPool,
     principal: &str,
     key: &str,
@@ -117,7 +224,7 @@ pub async fn complete(
 }
 
 /// Forgets a claim after a fault, so that a retry runs the command again.
-pub async fn release(pool: &PgPool, principal: &str, key: &str) -> anyhow::Result<()> {
+async fn release(pool: &PgPool, principal: &str, key: &str) -> anyhow::Result<()> {
     sqlx::query(
         "DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND status IS NULL",
     )

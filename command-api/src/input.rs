@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 use serde_json::Value;
+use shared::auth::Role;
 use shared::domain::text::excerpt;
 use shared::domain::{
     AmendStudy, Attributes, Command, CorrectObservation, FieldError, FreeText, Label, NewVariable,
@@ -45,6 +46,31 @@ impl Kind {
             "SignObservation" => Self::SignObservation,
             _ => return None,
         })
+    }
+
+    /// The kind of a parsed command.
+    pub fn of(command: &Command) -> Self {
+        match command {
+            Command::RegisterStudy(_) => Self::RegisterStudy,
+            Command::AmendStudy(_) => Self::AmendStudy,
+            Command::CloseStudy { .. } => Self::CloseStudy,
+            Command::RegisterSubject(_) => Self::RegisterSubject,
+            Command::WithdrawSubject { .. } => Self::WithdrawSubject,
+            Command::RecordObservation(_) => Self::RecordObservation,
+            Command::CorrectObservation(_) => Self::CorrectObservation,
+            Command::RetractObservation { .. } => Self::RetractObservation,
+            Command::SignObservation { .. } => Self::SignObservation,
+        }
+    }
+
+    /// The role the command needs: signing needs `reviewer`, the rest
+    /// `writer`.
+    pub fn role(self) -> Role {
+        if self == Self::SignObservation {
+            Role::Reviewer
+        } else {
+            Role::Writer
+        }
     }
 }
 

@@ -3,26 +3,32 @@
 //!
 //! Layout:
 //! - [`config`]: flags and environment;
-//! - [`http`]: routes, handlers and middleware;
+//! - [`routes`]: the routes, health, metrics and the OpenAPI document in
+//!   the common layers; [`handlers`]: the command and batch handlers;
+//!   [`state`]: what they share;
 //! - [`input`]: request bodies into domain commands;
+//! - [`answers`]: the documented answer bodies, serialized;
 //! - [`openapi`]: the OpenAPI document, generated from the handlers;
 //! - [`engine`]: load state, decide, append, retry;
-//! - [`cache`]: aggregate states kept in memory;
+//! - [`state_cache`]: aggregate states kept in memory;
 //! - [`idempotency`]: durable `Idempotency-Key` answers;
 //! - [`publisher`]: the outbox that publishes committed events;
 //! - [`checkpointer`]: the Merkle tree and its signed checkpoints;
 //! - [`error`]: `ApiError` and its problem details.
 
-pub mod cache;
+pub mod answers;
 pub mod checkpointer;
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod http;
+pub mod handlers;
 pub mod idempotency;
 pub mod input;
 pub mod openapi;
 pub mod publisher;
+pub mod routes;
+pub mod state;
+pub mod state_cache;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,8 +45,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::http::AppState;
 use crate::publisher::PublisherConfig;
+use crate::state::AppState;
 
 /// A started command API: its state and background tasks, ready to serve.
 pub struct App {
@@ -158,7 +164,7 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let router = http::router(self.state.clone());
+        let router = routes::router(self.state.clone());
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "command-api listening");
         axum::serve(shared::listener::ProblemListener::new(listener), router)

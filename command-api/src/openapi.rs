@@ -2,12 +2,11 @@
 //! `utoipa::path` attributes and the request types, served at
 //! `/openapi.json`.
 
-use serde::Serialize;
 use shared::api_doc::{BearerAuth, ProblemDoc};
-use utoipa::{IntoParams, OpenApi, ToSchema};
-use uuid::Uuid;
+use utoipa::{IntoParams, OpenApi};
 
-use crate::{http, input};
+use crate::answers::{BatchAnswer, CommandAnswer};
+use crate::{handlers, input};
 
 /// Headers every command takes.
 #[derive(IntoParams)]
@@ -22,32 +21,6 @@ pub struct CommandHeaders {
     idempotency_key: Option<String>,
 }
 
-/// The answer of a successful command.
-#[derive(Serialize, ToSchema)]
-pub struct CommandAnswer {
-    pub id: Uuid,
-    /// The aggregate's version after the command.
-    pub version: i64,
-    /// Global position of the command's last event (also `Consistency-Token`).
-    pub position: i64,
-}
-
-/// One item of a batch answer.
-#[derive(Serialize, ToSchema)]
-pub struct BatchResult {
-    /// The status the item alone would have had.
-    pub status: u16,
-    pub id: Option<Uuid>,
-    pub version: Option<i64>,
-    pub position: Option<i64>,
-    pub problem: Option<ProblemDoc>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct BatchAnswer {
-    pub results: Vec<BatchResult>,
-}
-
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -56,16 +29,16 @@ pub struct BatchAnswer {
                        errors are RFC 9457 problems."
     ),
     paths(
-        http::register_study,
-        http::amend_study,
-        http::close_study,
-        http::register_subject,
-        http::withdraw_subject,
-        http::record_observation,
-        http::correct_observation,
-        http::retract_observation,
-        http::sign_observation,
-        http::batch
+        handlers::register_study,
+        handlers::amend_study,
+        handlers::close_study,
+        handlers::register_subject,
+        handlers::withdraw_subject,
+        handlers::record_observation,
+        handlers::correct_observation,
+        handlers::retract_observation,
+        handlers::sign_observation,
+        handlers::batch
     ),
     components(schemas(
         input::RegisterStudyBody,

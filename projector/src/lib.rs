@@ -8,12 +8,13 @@
 //! only after that commit, and an event at or below the checkpoint is a
 //! no-op, so redelivery and duplicates change nothing.
 //!
-//! Layout: [`views`] loads and stores the read tables; [`cache`] warms
-//! Redis; this file holds the consumer loop ([`Projector::step`]).
+//! Layout: [`read_tables`] loads and stores the read tables; [`redis_sink`]
+//! warms Redis; [`replay`] rebuilds and verifies them from the log; this
+//! file holds the consumer loop ([`Projector::step`]).
 
-pub mod cache;
+pub mod read_tables;
+pub mod redis_sink;
 pub mod replay;
-pub mod views;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,7 +53,7 @@ pub struct Projector {
     config: ProjectorConfig,
     consumer: Option<consumer::PullConsumer>,
     checkpoint: i64,
-    redis: Option<cache::RedisSink>,
+    redis: Option<redis_sink::RedisSink>,
     head_reported: Option<Instant>,
     /// NATS failed: read only the store until then.
     nats_retry_at: Option<Instant>,
@@ -66,7 +67,7 @@ impl Projector {
         js: Option<jetstream::Context>,
         config: ProjectorConfig,
     ) -> anyhow::Result<Self> {
-        let checkpoint = views::checkpoint(&pool, LIVE_SCHEMA).await?;
+        let checkpoint = read_tables::checkpoint(&pool, LIVE_SCHEMA).await?;
         tracing::info!(checkpoint, "projector starting");
         Ok(Self {
             pool,
@@ -82,7 +83,7 @@ impl Projector {
     }
 
     /// Writes every batch's documents to Redis too.
-    pub fn with_redis(mut self, sink: cache::RedisSink) -> Self {
+    pub fn with_redis(mut self, sink: redis_sink::RedisSink) -> Self {
         self.redis = Some(sink);
         self
     }
@@ -270,7 +271,7 @@ impl Projector {
                 let after = self.checkpoint;
                 self.checkpoint = checkpoint;
                 if let Some(redis) = &self.redis {
-                    redis.send(cache::Batch {
+                    redis.send(redis_sink::Batch {
                         after,
                         checkpoint,
                         docs,
@@ -328,7 +329,7 @@ pub const LIVE_SCHEMA: &str = "read_model";
 pub enum Applied {
     Done {
         checkpoint: i64,
-        docs: Vec<views::Doc>,
+        docs: Vec<read_tables::Doc>,
     },
     /// The stored checkpoint is not where the events begin; nothing written.
     Moved { checkpoint: i64 },
@@ -364,22 +365,22 @@ pub async fn apply_batch(
 ) -> anyhow::Result<Applied> {
     let mut tx = conn.begin().await.context("beginning the batch")?;
     lock_writer(&mut tx, schema).await?;
-    let checkpoint = views::checkpoint(&mut *tx, schema).await?;
+    let checkpoint = read_tables::checkpoint(&mut *tx, schema).await?;
     let events: Vec<&StoredEvent> = events.iter().filter(|e| e.position > checkpoint).collect();
     match events.first() {
         Some(first) if first.position == checkpoint + 1 => {}
         _ => return Ok(Applied::Moved { checkpoint }),
     }
     let owned: Vec<StoredEvent> = events.into_iter().cloned().collect();
-    let mut views = views::load(&mut tx, schema, &owned).await?;
+    let mut views = read_tables::load(&mut tx, schema, &owned).await?;
     for event in &owned {
         let needs = views.project(event)?;
         if !needs.is_empty() {
-            views::resolve(&mut tx, schema, &mut views, needs).await?;
+            read_tables::resolve(&mut tx, schema, &mut views, needs).await?;
         }
     }
     let last = owned.last().map_or(checkpoint, |e| e.position);
-    let docs = views::store(&mut tx, schema, &views, last).await?;
+    let docs = read_tables::store(&mut tx, schema, &views, last).await?;
     tx.commit().await.context("committing the batch")?;
     Ok(Applied::Done {
         checkpoint: last,

@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let projector = if config.redis_url.is_empty() {
         projector
     } else {
-        let sink = projector::cache::RedisSink::start(
+        let sink = projector::redis_sink::RedisSink::start(
             &config.redis_url,
             config.redis_prefix.clone(),
             pool.clone(),

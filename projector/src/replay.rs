@@ -10,7 +10,7 @@ use anyhow::Context;
 use shared::store::EventStore;
 use sqlx::{Connection, PgPool};
 
-use crate::views::checkpoint;
+use crate::read_tables::checkpoint;
 use crate::{apply_batch, lock_writer, Applied, LIVE_SCHEMA};
 
 /// Events read and applied per transaction during a replay.

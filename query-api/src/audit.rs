@@ -27,25 +27,24 @@ use sqlx::postgres::PgRow;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::access::{parse_id, require, streaming_compression};
 use crate::proofs::SignedHead;
-use crate::QueryState;
+use crate::state::{QueryState, Shared};
 
 /// Events read per page while streaming.
 const PAGE: i64 = 1000;
 /// Largest `limit` of one export.
 pub const MAX_EXPORT: i64 = 100_000_000;
 
-type Shared = Arc<QueryState>;
-
 pub fn routes() -> Router<Shared> {
     Router::new()
         .route(
             "/v1/audit/events",
-            get(events).layer(crate::http::streaming_compression()),
+            get(events).layer(streaming_compression()),
         )
         .route(
             "/v1/audit/streams/{id}/events",
-            get(stream_events).layer(crate::http::streaming_compression()),
+            get(stream_events).layer(streaming_compression()),
         )
         .route("/v1/audit/observations/{id}", get(observation_as_of))
         .route("/v1/audit/head", get(head))
@@ -70,7 +69,7 @@ async fn no_store(mut response: Response) -> Response {
 }
 
 fn auditor(principal: Result<Principal, Problem>) -> Result<Principal, Problem> {
-    crate::http::require(principal, Role::Auditor)
+    require(principal, Role::Auditor)
 }
 
 /// An auditor whose token is not limited to some studies: what speaks for
@@ -105,7 +104,7 @@ async fn visible_stream(
 }
 
 fn pool(state: &QueryState) -> &PgPool {
-    state.docs.replica.pool()
+    state.docs.pool()
 }
 
 fn int_param(
@@ -224,7 +223,7 @@ pub async fn stream_events(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let principal = auditor(principal)?;
-    let id = crate::http::parse_id(&id)?;
+    let id = parse_id(&id)?;
     visible_stream(&state, &principal, id).await?;
     let pool = pool(&state).clone();
     let sql = format!(
@@ -268,7 +267,7 @@ pub async fn observation_as_of(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
     let principal = auditor(principal)?;
-    let id = crate::http::parse_id(&id)?;
+    let id = parse_id(&id)?;
     let as_of = match params.get("as_of") {
         None => Utc::now(),
         Some(raw) => DateTime::parse_from_rfc3339(raw)
@@ -568,7 +567,7 @@ pub async fn receipt(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let principal = auditor(principal)?;
-    let id = crate::http::parse_id(&id)?;
+    let id = parse_id(&id)?;
     let unknown = || Problem::not_found(format!("no checkpoint covers an observation {id}"));
     let head = newest_checkpoint(&state).await?.ok_or_else(unknown)?;
     let size = head.size;

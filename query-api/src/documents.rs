@@ -7,11 +7,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::OnceCell;
+use bytes::Bytes;
+use tokio::sync::{mpsc, OnceCell};
+use uuid::Uuid;
 
-use crate::cache::{Cache, Found, Key, Kind};
+use crate::memory_tier::{Cache, Doc, Found, Key, Kind};
 use crate::redis_tier::RedisTier;
-use crate::replica::{Loaded, Replica};
+use crate::replica::{Listing, Loaded, Page, Replica, SortKey};
 
 /// Why a load failed; shared by every request of a flight.
 #[derive(Debug, Clone)]
@@ -41,9 +43,9 @@ impl From<sqlx::Error> for LoadError {
 type Flight = Arc<OnceCell<Result<Loaded, LoadError>>>;
 
 pub struct Documents {
-    pub cache: Arc<Cache>,
-    pub redis: Option<Arc<RedisTier>>,
-    pub replica: Arc<Replica>,
+    cache: Arc<Cache>,
+    redis: Option<Arc<RedisTier>>,
+    replica: Arc<Replica>,
     flights: Mutex<HashMap<Key, Flight>>,
 }
 
@@ -63,6 +65,39 @@ impl Documents {
             replica,
             flights: Mutex::default(),
         }
+    }
+
+    /// One page of `listing` after `after`, read from the replica (pages
+    /// are not cached: each is one statement).
+    pub async fn page(
+        &self,
+        listing: Listing,
+        after: Option<(SortKey, Uuid)>,
+        limit: i64,
+        studies: Option<&[Uuid]>,
+    ) -> sqlx::Result<Page> {
+        self.replica.page(listing, after, limit, studies).await
+    }
+
+    /// Every observation of a study as NDJSON lines, streamed from the
+    /// replica.
+    pub fn export(&self, study_id: Uuid) -> mpsc::Receiver<Result<Bytes, std::io::Error>> {
+        self.replica.export(study_id)
+    }
+
+    /// The replica's pool (the audit endpoints read the log from it).
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.replica.pool()
+    }
+
+    /// Whether Redis answers (`None`: no Redis tier).
+    pub fn redis_up(&self) -> Option<bool> {
+        self.redis.as_ref().map(|r| r.is_up())
+    }
+
+    /// Counts the bytes of a coding made for a document held in memory.
+    pub fn grew(&self, key: &Key, doc: &Arc<Doc>, extra: usize) {
+        self.cache.grew(key, doc, extra);
     }
 
     /// The document under `key`, current as of position `min` at least (the

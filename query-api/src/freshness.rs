@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use shared::problem::Problem;
 use tokio::sync::{watch, Notify};
 
-use crate::cache::Cache;
+use crate::memory_tier::Cache;
 use crate::replica::Replica;
 
 /// Pause between polls while the replica is behind a wanted position.

@@ -3,12 +3,16 @@
 //! is given, and the audit endpoints over the event log.
 //!
 //! Layout:
-//! - [`http`]: routes and handlers of the document reads, health, metrics;
+//! - [`routes`]: every route, health, metrics and the OpenAPI document in
+//!   the common layers; [`state`]: what the handlers share;
+//! - [`reads`]: the reader's endpoints (documents, pages, the export);
+//! - [`access`]: what every handler checks at the edge (role, ids,
+//!   `Consistency-Token`);
 //! - [`audit`]: the auditor's endpoints (event export, as-of replay, chain
 //!   verification, checkpoints, proofs, receipts, tiles);
 //! - [`proofs`]: the newest checkpoint and the tree's tiles in memory;
 //! - [`documents`]: the tiered lookup with single flight;
-//! - [`cache`]: the in-process tier, bounded in bytes;
+//! - [`memory_tier`]: the in-process tier, bounded in bytes;
 //! - [`redis_tier`]: the Redis tier and the projector's announcements;
 //! - [`replica`]: every statement sent to the read replica;
 //! - [`freshness`]: the task that follows the replica's change feed;
@@ -17,53 +21,37 @@
 //! - [`openapi`]: the OpenAPI 3.1 document;
 //! - [`config`], the settings.
 
+pub mod access;
 pub mod audit;
-pub mod cache;
 pub mod config;
 pub mod documents;
 pub mod encoding;
 pub mod freshness;
-pub mod http;
+pub mod memory_tier;
 pub mod openapi;
 pub mod pages;
 pub mod proofs;
+pub mod reads;
 pub mod redis_tier;
 pub mod replica;
+pub mod routes;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use shared::auth::{Authenticator, HasAuthenticator};
+use shared::auth::Authenticator;
 use shared::telemetry::PrometheusHandle;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::task::JoinHandle;
 
-use crate::cache::Cache;
 use crate::config::Config;
 use crate::documents::Documents;
 use crate::freshness::Freshness;
+use crate::memory_tier::Cache;
 use crate::redis_tier::RedisTier;
 use crate::replica::Replica;
-
-pub struct QueryState {
-    pub docs: Documents,
-    pub freshness: Arc<Freshness>,
-    pub auth: Authenticator,
-    pub consistency_timeout: Duration,
-    pub request_timeout: Duration,
-    pub metrics: Option<PrometheusHandle>,
-    /// The checkpoints' verifier key, checked at start-up.
-    pub log_key: Option<shared::checkpoint::NoteVerifier>,
-    /// The newest checkpoint and the tree's tiles, for proofs.
-    pub proofs: proofs::Proofs,
-}
-
-impl HasAuthenticator for QueryState {
-    fn authenticator(&self) -> &Authenticator {
-        &self.auth
-    }
-}
 
 /// The state and the background tasks (the change-feed poller and the Redis
 /// tier), stopped when this is dropped.
@@ -135,7 +123,7 @@ impl App {
     }
 
     pub fn router(&self) -> axum::Router {
-        http::router(self.state.clone())
+        routes::router(self.state.clone())
     }
 }
 
@@ -146,3 +134,5 @@ impl Drop for App {
         }
     }
 }
+
+pub use state::QueryState;

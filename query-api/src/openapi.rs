@@ -4,7 +4,7 @@
 use shared::api_doc::{BearerAuth, ProblemDoc};
 use utoipa::OpenApi;
 
-use crate::{audit, http};
+use crate::{audit, reads};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,14 +15,14 @@ use crate::{audit, http};
                        Errors are RFC 9457 problems."
     ),
     paths(
-        http::list_studies,
-        http::study,
-        http::study_by_code,
-        http::list_subjects,
-        http::export_study,
-        http::subject,
-        http::list_observations,
-        http::observation,
+        reads::list_studies,
+        reads::study,
+        reads::study_by_code,
+        reads::list_subjects,
+        reads::export_study,
+        reads::subject,
+        reads::list_observations,
+        reads::observation,
         audit::events,
         audit::stream_events,
         audit::observation_as_of,

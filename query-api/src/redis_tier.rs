@@ -16,8 +16,8 @@ use redis::aio::ConnectionManager;
 use shared::redis_layout::{code_key, doc_key, invalidation_channel, through_key};
 use uuid::Uuid;
 
-use crate::cache::{Doc, Kind};
 use crate::freshness::Freshness;
+use crate::memory_tier::{Doc, Kind};
 
 /// How long the tier steps aside after a failure.
 const PAUSE: Duration = Duration::from_secs(1);

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::cache::{Change, Doc, Found, Key, Kind};
+use crate::memory_tier::{Change, Doc, Found, Key, Kind};
 
 /// A document as read, with the checkpoint it is current as of.
 #[derive(Debug, Clone)]

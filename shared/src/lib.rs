@@ -48,9 +48,17 @@ pub mod verify;
 /// (sqlx serialises concurrent runs with an advisory lock), or by the tests.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// Why the migrations could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("connecting to PostgreSQL as the owner (MIGRATION_DATABASE_URL)")]
+    Connect(#[source] sqlx::Error),
+    #[error("applying migrations (the service roles must exist: scripts/infra.sh)")]
+    Apply(#[source] sqlx::migrate::MigrateError),
+}
+
 /// Applies the migrations as the owner at `owner_url`, when one is given.
-pub async fn migrate(owner_url: Option<&str>) -> anyhow::Result<()> {
-    use anyhow::Context;
+pub async fn migrate(owner_url: Option<&str>) -> Result<(), MigrateError> {
     let Some(url) = owner_url.filter(|u| !u.is_empty()) else {
         return Ok(());
     };
@@ -59,11 +67,8 @@ pub async fn migrate(owner_url: Option<&str>) -> anyhow::Result<()> {
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect(url)
         .await
-        .context("connecting to PostgreSQL as the owner (MIGRATION_DATABASE_URL)")?;
-    MIGRATOR
-        .run(&pool)
-        .await
-        .context("applying migrations (the service roles must exist: scripts/infra.sh)")?;
+        .map_err(MigrateError::Connect)?;
+    MIGRATOR.run(&pool).await.map_err(MigrateError::Apply)?;
     pool.close().await;
     Ok(())
 }

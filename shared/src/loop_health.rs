@@ -62,7 +62,8 @@ impl LoopHealth {
 
     /// A step failed while at `position`: logs it, counts it, and answers
     /// how long to wait before the next try.
-    pub fn failed(&self, position: i64, error: &anyhow::Error) -> Duration {
+    /// `error` is shown with `{:#}` (an error chain on one line).
+    pub fn failed(&self, position: i64, error: &(impl std::fmt::Display + ?Sized)) -> Duration {
         let mut state = self.lock();
         state.position = position;
         state.failures += 1;
@@ -132,8 +133,8 @@ mod tests {
     fn failures_back_off_are_reported_and_clear_on_progress() {
         let health = LoopHealth::new("test");
         assert!(health.is_ok());
-        let first = health.failed(7, &anyhow::anyhow!("refused"));
-        let second = health.failed(7, &anyhow::anyhow!("refused again"));
+        let first = health.failed(7, "refused");
+        let second = health.failed(7, "refused again");
         assert!(second > first, "{first:?} then {second:?}");
         assert!(!health.is_ok());
         let report = health.report();

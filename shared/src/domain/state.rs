@@ -101,6 +101,13 @@ pub struct ObservationState {
     pub version: i64,
 }
 
+impl ObservationState {
+    /// Whether the observation counts (it is not retracted).
+    pub fn is_live(&self) -> bool {
+        self.status != ObservationStatus::Retracted
+    }
+}
+
 /// The state of any aggregate, for code that handles the three alike.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AggregateState {

@@ -83,6 +83,13 @@ pub struct Latest {
     pub observation_id: Uuid,
 }
 
+impl Latest {
+    /// What "latest" means: the latest `observed_at`, then the highest id.
+    pub fn order(&self) -> (DateTime<Utc>, Uuid) {
+        (self.observed_at, self.observation_id)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubjectView {
     #[serde(flatten)]
@@ -115,6 +122,50 @@ pub enum Need {
     StudySubjects { study_id: Uuid, position: i64 },
 }
 
+/// Whose observations a set of values is taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Study(Uuid),
+    Subject(Uuid),
+}
+
+impl Owner {
+    /// The column of `observations` that names the owner.
+    pub const fn column(self) -> &'static str {
+        match self {
+            Self::Study(_) => "study_id",
+            Self::Subject(_) => "subject_id",
+        }
+    }
+
+    pub const fn id(self) -> Uuid {
+        match self {
+            Self::Study(id) | Self::Subject(id) => id,
+        }
+    }
+
+    fn holds(self, o: &ObservationState) -> bool {
+        match self {
+            Self::Study(id) => o.study_id == id,
+            Self::Subject(id) => o.subject_id == id,
+        }
+    }
+}
+
+impl Need {
+    /// For a need of new extremes: whose, and of which variable.
+    pub fn extremes(&self) -> Option<(Owner, &str)> {
+        match self {
+            Self::StudyExtremes { study_id, variable } => Some((Owner::Study(*study_id), variable)),
+            Self::SubjectExtremes {
+                subject_id,
+                variable,
+            } => Some((Owner::Subject(*subject_id), variable)),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
     #[error(
@@ -135,10 +186,6 @@ pub struct Views {
     pub studies: HashMap<Uuid, StudyView>,
     pub subjects: HashMap<Uuid, SubjectView>,
     pub observations: HashMap<Uuid, ObservationView>,
-}
-
-fn live(o: &ObservationState) -> bool {
-    o.status != ObservationStatus::Retracted
 }
 
 fn kind_of(variables: &[Variable], name: &str) -> Option<VariableKind> {
@@ -289,12 +336,12 @@ impl Views {
             .ok_or(missing("subject", after.subject_id))?;
         subject.position = position;
         study.observations.shift(before, after);
-        let was_live = before.is_some_and(live);
-        let is_live = live(after);
+        let was_live = before.is_some_and(ObservationState::is_live);
+        let is_live = after.is_live();
         subject.observations = subject.observations + u64::from(is_live) - u64::from(was_live);
 
         let empty = BTreeMap::new();
-        let old_values = before.filter(|b| live(b)).map_or(&empty, |b| &b.values);
+        let old_values = before.filter(|b| b.is_live()).map_or(&empty, |b| &b.values);
         let new_values = if is_live { &after.values } else { &empty };
         let names: std::collections::BTreeSet<&String> =
             old_values.keys().chain(new_values.keys()).collect();
@@ -368,64 +415,71 @@ impl Views {
             match need {
                 // Every subject is held already, and was moved by `project`.
                 Need::StudySubjects { .. } => {}
-                Need::StudyExtremes { study_id, variable } => {
-                    let values: Vec<Value> = self
-                        .observations
-                        .values()
-                        .filter(|o| o.state.study_id == *study_id && live(&o.state))
-                        .filter_map(|o| o.state.values.get(variable).cloned())
-                        .collect();
-                    if let Some(acc) = self
-                        .studies
-                        .get_mut(study_id)
-                        .and_then(|s| s.stats.get_mut(variable))
-                    {
-                        acc.set_extremes(values.iter());
-                    }
-                }
-                Need::SubjectExtremes {
-                    subject_id,
-                    variable,
-                } => {
-                    let values: Vec<Value> = self
-                        .observations
-                        .values()
-                        .filter(|o| o.state.subject_id == *subject_id && live(&o.state))
-                        .filter_map(|o| o.state.values.get(variable).cloned())
-                        .collect();
-                    if let Some(acc) = self
-                        .subjects
-                        .get_mut(subject_id)
-                        .and_then(|s| s.stats.get_mut(variable))
-                    {
-                        acc.set_extremes(values.iter());
-                    }
-                }
                 Need::Latest {
                     subject_id,
                     variable,
                 } => {
-                    let latest = self
-                        .observations
-                        .values()
-                        .filter(|o| o.state.subject_id == *subject_id && live(&o.state))
-                        .filter_map(|o| {
-                            let v = o.state.values.get(variable).filter(|v| !v.is_null())?;
-                            Some(Latest {
-                                value: v.clone(),
-                                observed_at: o.state.observed_at,
-                                observation_id: o.state.id,
-                            })
-                        })
-                        .max_by_key(|l| (l.observed_at, l.observation_id));
-                    if let Some(subject) = self.subjects.get_mut(subject_id) {
-                        match latest {
-                            Some(l) => subject.latest.insert(variable.clone(), l),
-                            None => subject.latest.remove(variable),
-                        };
+                    let latest = self.latest_held(*subject_id, variable);
+                    self.set_latest(*subject_id, variable, latest);
+                }
+                Need::StudyExtremes { .. } | Need::SubjectExtremes { .. } => {
+                    if let Some((owner, variable)) = need.extremes() {
+                        let values: Vec<Value> = self.live_values(owner, variable).collect();
+                        self.set_extremes(owner, variable, &values);
                     }
                 }
             }
+        }
+    }
+
+    /// The values of `variable` in the live observations held of `owner`.
+    pub fn live_values<'a>(
+        &'a self,
+        owner: Owner,
+        variable: &'a str,
+    ) -> impl Iterator<Item = Value> + 'a {
+        self.observations
+            .values()
+            .filter(move |o| owner.holds(&o.state) && o.state.is_live())
+            .filter_map(move |o| o.state.values.get(variable).cloned())
+    }
+
+    /// Sets the extremes of `owner`'s statistics of `variable` to those of
+    /// `values` (all its current values).
+    pub fn set_extremes(&mut self, owner: Owner, variable: &str, values: &[Value]) {
+        let stats = match owner {
+            Owner::Study(id) => self.studies.get_mut(&id).map(|s| &mut s.stats),
+            Owner::Subject(id) => self.subjects.get_mut(&id).map(|s| &mut s.stats),
+        };
+        if let Some(acc) = stats.and_then(|stats| stats.get_mut(variable)) {
+            acc.set_extremes(values.iter());
+        }
+    }
+
+    /// The latest non-null value of `variable` among the live observations
+    /// held of a subject.
+    pub fn latest_held(&self, subject_id: Uuid, variable: &str) -> Option<Latest> {
+        self.observations
+            .values()
+            .filter(|o| o.state.subject_id == subject_id && o.state.is_live())
+            .filter_map(|o| {
+                let v = o.state.values.get(variable).filter(|v| !v.is_null())?;
+                Some(Latest {
+                    value: v.clone(),
+                    observed_at: o.state.observed_at,
+                    observation_id: o.state.id,
+                })
+            })
+            .max_by_key(Latest::order)
+    }
+
+    /// Sets (or, with `None`, removes) a subject's latest value of `variable`.
+    pub fn set_latest(&mut self, subject_id: Uuid, variable: &str, latest: Option<Latest>) {
+        if let Some(subject) = self.subjects.get_mut(&subject_id) {
+            match latest {
+                Some(l) => subject.latest.insert(variable.to_owned(), l),
+                None => subject.latest.remove(variable),
+            };
         }
     }
 }

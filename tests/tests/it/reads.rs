@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use projector::cache::RedisSink;
+use projector::redis_sink::RedisSink;
 use projector::{Projector, ProjectorConfig};
 use serde_json::{json, Value};
 use shared::auth::Role;
@@ -777,13 +777,7 @@ async fn the_export_of_a_large_study_streams_every_observation() {
 }
 
 fn redis_up(query: &QueryApi) -> bool {
-    query
-        .app
-        .state
-        .docs
-        .redis
-        .as_ref()
-        .is_some_and(|r| r.is_up())
+    query.app.state.docs.redis_up() == Some(true)
 }
 
 #[tokio::test]

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use projector::cache::{doc_key, write, RedisSink};
-use projector::views::Doc;
+use projector::read_tables::Doc;
+use projector::redis_sink::{doc_key, write, RedisSink};
 use projector::{Projector, ProjectorConfig};
 use redis::AsyncCommands;
 use serde_json::json;

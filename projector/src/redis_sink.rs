@@ -20,7 +20,7 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use crate::views::{changed_after, checkpoint, Doc};
+use crate::read_tables::{changed_after, checkpoint, Doc};
 
 /// Sets the document only if the stored one is older: KEYS[1] = key,
 /// ARGV[1] = position, ARGV[2] = body, ARGV[3] = study id. Answers 1 if

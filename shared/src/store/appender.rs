@@ -1,4 +1,4 @@
-//! The PostgreSQL event store and its group-commit appender.
+//! The group-commit appender.
 //!
 //! One appender task per process takes every waiting append request, checks
 //! each one's expected versions, guards and unique claims in memory under a
@@ -12,319 +12,31 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sqlx::postgres::{PgConnectOptions, PgRow};
-use sqlx::{Column, Connection, PgConnection, PgPool, Row};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Column, Connection, PgConnection, Row};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::domain::{AggregateKind, Claim, ClaimScope, DomainEvent};
+use super::reader::hash_column;
+use super::{
+    AppendError, AppendRequest, Appended, AppenderConfig, Committed, IdempotencyCompletion,
+    StoreFault, APPEND_LOCK_KEY,
+};
+use crate::domain::Claim;
 use crate::envelope::{StoredEvent, GENESIS_HASH};
 
-/// Advisory lock key that serialises appends across processes
-/// (`'research'` in ASCII, as a number).
-pub const APPEND_LOCK_KEY: i64 = 0x7265_7365_6172_6368;
+pub(super) type Reply = oneshot::Sender<Vec<Result<Appended, AppendError>>>;
 
-/// The columns of `events`, in the order [`event_from_row`] reads them.
-pub const EVENT_COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, stream_version, study_id, \
-     event_type, schema_version, data::text AS data, actor, reason, correlation_id, causation_id, recorded_at, \
-     prevhash, hash";
-
-/// The answer of a single command, stored with its idempotency key in the
-/// same transaction as its events.
-#[derive(Debug, Clone)]
-pub struct IdempotencyCompletion {
-    pub principal: String,
-    pub key: String,
-    pub status: u16,
-}
-
-/// A decided event as the store writes it: its stable type name, schema
-/// version and canonical `data`, encoded once when the command is decided.
-#[derive(Debug, Clone)]
-pub struct EncodedEvent {
-    pub event_type: &'static str,
-    pub schema_version: i16,
-    pub data: String,
-}
-
-impl EncodedEvent {
-    pub fn of(event: &DomainEvent) -> Self {
-        Self {
-            event_type: event.event_type(),
-            schema_version: event.schema_version(),
-            data: event.to_data(),
-        }
-    }
-}
-
-/// Events of one command for one aggregate, with what must still hold.
-#[derive(Debug, Clone)]
-pub struct AppendRequest {
-    pub aggregate_kind: AggregateKind,
-    pub aggregate_id: Uuid,
-    pub study_id: Uuid,
-    /// The stream's version the decision was made on (0 for a new stream).
-    pub expected_version: i64,
-    pub events: Vec<EncodedEvent>,
-    /// Other aggregates the decision read, which must still be at these
-    /// versions (a study must not have been closed meanwhile, say).
-    pub guards: Vec<(Uuid, i64)>,
-    pub claims: Vec<Claim>,
-    pub actor: String,
-    pub reason: Option<String>,
-    pub correlation_id: String,
-    pub causation_id: String,
-    pub idempotency: Option<IdempotencyCompletion>,
-}
-
-impl AppendRequest {
-    /// The largest published form (CloudEvents JSON) any of its events can
-    /// have once appended.
-    pub fn published_len_bound(&self) -> usize {
-        self.events
-            .iter()
-            .map(|event| {
-                StoredEvent::cloud_event_len_bound(
-                    event.event_type,
-                    &event.data,
-                    &self.actor,
-                    self.reason.as_deref(),
-                    &self.correlation_id,
-                    &self.causation_id,
-                )
-            })
-            .max()
-            .unwrap_or(0)
-    }
-}
-
-/// What an accepted request wrote.
-#[derive(Debug, Clone)]
-pub struct Appended {
-    pub version: i64,
-    pub position: i64,
-    pub events: Vec<StoredEvent>,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AppendError {
-    #[error("stream {aggregate_id} is at version {actual}, not {expected}")]
-    Conflict {
-        aggregate_id: Uuid,
-        expected: i64,
-        actual: i64,
-    },
-    #[error("aggregate {aggregate_id} changed from version {expected} to {actual}")]
-    GuardChanged {
-        aggregate_id: Uuid,
-        expected: i64,
-        actual: i64,
-    },
-    #[error("{} {key:?} is already taken", .scope.as_str())]
-    ClaimTaken { scope: ClaimScope, key: String },
-    /// PostgreSQL refused this request's rows when it was written alone (a
-    /// value no check before the database caught); the cause is logged
-    /// under `correlation_id`.
-    #[error("the event store refused the request's data (correlation id {correlation_id})")]
-    Refused { correlation_id: String },
-    #[error("the event store failed: {0}")]
-    Store(Arc<anyhow::Error>),
-    #[error("the event store is shutting down")]
-    Closed,
-}
-
-/// The JSON body of a successful command: `{id, version, position}`.
-pub fn command_answer_body(id: Uuid, version: i64, position: i64) -> Vec<u8> {
-    format!(r#"{{"id":"{id}","version":{version},"position":{position}}}"#).into_bytes()
-}
-
-type Reply = oneshot::Sender<Vec<Result<Appended, AppendError>>>;
-
-struct Job {
-    requests: Vec<AppendRequest>,
-    reply: Reply,
-}
-
-#[derive(Debug, Clone)]
-pub struct AppenderConfig {
-    /// Upper bound on the requests written in one transaction.
-    pub max_batch: usize,
-    /// Appender connections working side by side (see `run_appender`).
-    pub connections: usize,
-}
-
-impl Default for AppenderConfig {
-    fn default() -> Self {
-        Self {
-            max_batch: 2000,
-            connections: 2,
-        }
-    }
-}
-
-/// Handle to the event store; cheap to clone.
-#[derive(Clone)]
-pub struct EventStore {
-    pool: PgPool,
-    jobs: mpsc::Sender<Job>,
-    committed: broadcast::Sender<Committed>,
-}
-
-/// The events one batch committed, in position order, as they are told to
-/// the publisher of this process (which then need not read them back).
-pub type Committed = Arc<Vec<StoredEvent>>;
-
-impl EventStore {
-    /// Starts the appender. It ends when every handle is dropped, after
-    /// writing what it was given.
-    ///
-    /// The appender runs on a thread of its own with its own runtime and
-    /// connection: its few round trips per batch are then never queued
-    /// behind request handling on a busy runtime, which would stretch every
-    /// batch and, through it, every command's latency.
-    pub fn start(pool: PgPool, config: AppenderConfig) -> (Self, JoinHandle<()>) {
-        let (jobs, rx) = mpsc::channel(4096);
-        let (committed, _) = broadcast::channel(1024);
-        let committed_tx = committed.clone();
-        let options = (*pool.connect_options()).clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            match runtime {
-                Ok(runtime) => {
-                    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-                    let committed = Arc::new(committed_tx);
-                    let local = tokio::task::LocalSet::new();
-                    local.block_on(&runtime, async move {
-                        let workers: Vec<_> = (0..config.connections.max(1))
-                            .map(|_| {
-                                let worker = run_appender(
-                                    options.clone(),
-                                    config.clone(),
-                                    rx.clone(),
-                                    committed.clone(),
-                                );
-                                tokio::task::spawn_local(worker)
-                            })
-                            .collect();
-                        for worker in workers {
-                            let _ = worker.await;
-                        }
-                    });
-                }
-                Err(error) => tracing::error!(%error, "cannot start the appender's runtime"),
-            }
-        });
-        (
-            Self {
-                pool,
-                jobs,
-                committed,
-            },
-            task,
-        )
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Where every batch this process commits is told (subscribe to it);
-    /// holding it does not keep the appender alive.
-    pub fn committed(&self) -> broadcast::Sender<Committed> {
-        self.committed.clone()
-    }
-
-    pub async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
-        self.append_all(vec![request])
-            .await
-            .pop()
-            .unwrap_or(Err(AppendError::Closed))
-    }
-
-    /// Appends requests in order in one transaction; each succeeds or fails
-    /// on its own, and a later one sees the versions the earlier ones wrote.
-    pub async fn append_all(
-        &self,
-        requests: Vec<AppendRequest>,
-    ) -> Vec<Result<Appended, AppendError>> {
-        let n = requests.len();
-        let (reply, answer) = oneshot::channel();
-        if self.jobs.send(Job { requests, reply }).await.is_err() {
-            return vec![Err(AppendError::Closed); n];
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| vec![Err(AppendError::Closed); n])
-    }
-
-    /// Every event of one aggregate, in stream order.
-    pub async fn load_stream(&self, aggregate_id: Uuid) -> sqlx::Result<Vec<StoredEvent>> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 ORDER BY stream_version"
-        );
-        sqlx::query(&sql)
-            .bind(aggregate_id)
-            .try_map(|row: PgRow| event_from_row(&row))
-            .fetch_all(&self.pool)
-            .await
-    }
-
-    /// Up to `limit` events after `after`, in position order.
-    pub async fn read_after(
-        pool: &PgPool,
-        after: i64,
-        limit: i64,
-    ) -> sqlx::Result<Vec<StoredEvent>> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
-        );
-        sqlx::query(&sql)
-            .bind(after)
-            .bind(limit)
-            .try_map(|row: PgRow| event_from_row(&row))
-            .fetch_all(pool)
-            .await
-    }
-}
-
-/// Reads one row selected with [`EVENT_COLUMNS`].
-pub fn event_from_row(row: &PgRow) -> sqlx::Result<StoredEvent> {
-    Ok(StoredEvent {
-        position: row.try_get(0)?,
-        event_id: row.try_get(1)?,
-        aggregate_type: row.try_get(2)?,
-        aggregate_id: row.try_get(3)?,
-        stream_version: row.try_get(4)?,
-        study_id: row.try_get(5)?,
-        event_type: row.try_get(6)?,
-        schema_version: row.try_get(7)?,
-        data: row.try_get(8)?,
-        actor: row.try_get(9)?,
-        reason: row.try_get(10)?,
-        correlation_id: row.try_get(11)?,
-        causation_id: row.try_get(12)?,
-        recorded_at: row.try_get(13)?,
-        prevhash: hash_column(row, 14)?,
-        hash: hash_column(row, 15)?,
-    })
-}
-
-fn hash_column(row: &PgRow, index: usize) -> sqlx::Result<[u8; 32]> {
-    let bytes: Vec<u8> = row.try_get(index)?;
-    bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
-        index: index.to_string(),
-        source: "a hash is 32 bytes".into(),
-    })
+pub(super) struct Job {
+    pub(super) requests: Vec<AppendRequest>,
+    pub(super) reply: Reply,
 }
 
 /// One appender connection: takes every waiting job, writes them as one
 /// batch, answers them, repeats. Several run side by side; the advisory lock
 /// orders their batches in PostgreSQL, so while one commits the next is
 /// already queued on the lock with its batch in hand.
-async fn run_appender(
+pub(super) async fn run_appender(
     options: PgConnectOptions,
     config: AppenderConfig,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
@@ -355,9 +67,7 @@ async fn run_appender(
             None => PgConnection::connect_with(&options)
                 .await
                 .map(|c| conn.insert(c))
-                .map_err(|e| {
-                    anyhow::Error::new(e).context("connecting the appender to PostgreSQL")
-                }),
+                .map_err(StoreFault::doing("connecting the appender to PostgreSQL")),
         };
         let results = match connected {
             Ok(c) => {
@@ -460,13 +170,10 @@ enum Refusal {
     Data,
 }
 
-fn refusal_of(error: &anyhow::Error) -> Option<Refusal> {
-    let db = error
-        .chain()
-        .find_map(|e| match e.downcast_ref::<sqlx::Error>() {
-            Some(sqlx::Error::Database(db)) => Some(db),
-            _ => None,
-        })?;
+fn refusal_of(error: &StoreFault) -> Option<Refusal> {
+    let sqlx::Error::Database(db) = &error.cause else {
+        return None;
+    };
     if db.constraint() == Some("events_stream_version_key") {
         return Some(Refusal::StreamVersionTaken);
     }
@@ -477,7 +184,7 @@ fn refusal_of(error: &anyhow::Error) -> Option<Refusal> {
         .then_some(Refusal::Data)
 }
 
-fn refused(request: &AppendRequest, refusal: Refusal, cause: &anyhow::Error) -> AppendError {
+fn refused(request: &AppendRequest, refusal: Refusal, cause: &StoreFault) -> AppendError {
     if refusal == Refusal::StreamVersionTaken {
         return AppendError::Conflict {
             aggregate_id: request.aggregate_id,
@@ -501,6 +208,16 @@ fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// What a batch reads under the append lock: the head of the log, the
+/// current version of every aggregate it writes or guards, and which of its
+/// claims are taken.
+struct Head {
+    position: i64,
+    prevhash: [u8; 32],
+    versions: HashMap<Uuid, i64>,
+    taken: HashSet<(String, String)>,
+}
+
 /// Writes one batch in one transaction, in three round trips: (1) begin,
 /// take the append lock, then read the head, the versions and the claims
 /// (each statement of a simple query takes a fresh snapshot, so these see
@@ -509,9 +226,34 @@ fn literal(value: &str) -> String {
 async fn write_batch(
     conn: &mut PgConnection,
     requests: &[&AppendRequest],
-) -> anyhow::Result<Vec<Result<Appended, AppendError>>> {
-    use anyhow::Context;
+) -> Result<Vec<Result<Appended, AppendError>>, StoreFault> {
+    let mut head = lock_and_read(conn, requests).await?;
+    let recorded_at: DateTime<Utc> = Utc::now().trunc_subsecs(6);
+    let mut rows = Rows::default();
+    let results: Vec<_> = requests
+        .iter()
+        .map(|request| {
+            check(request, &head.versions, &head.taken)?;
+            Ok(stage(request, &mut head, recorded_at, &mut rows))
+        })
+        .collect();
+    if !rows.events.position.is_empty() {
+        insert_all(conn, &rows)
+            .await
+            .map_err(StoreFault::doing("inserting events"))?;
+    }
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreFault::doing("committing the append transaction"))?;
+    Ok(results)
+}
 
+/// Round trip (1): begins, takes the append lock, and reads the [`Head`].
+async fn lock_and_read(
+    conn: &mut PgConnection,
+    requests: &[&AppendRequest],
+) -> Result<Head, StoreFault> {
     let ids: HashSet<Uuid> = requests
         .iter()
         .flat_map(|r| std::iter::once(r.aggregate_id).chain(r.guards.iter().map(|g| g.0)))
@@ -539,108 +281,103 @@ async fn write_batch(
          UNION ALL SELECT 'v', max(stream_version), NULL, aggregate_id, NULL, NULL FROM events \
            WHERE aggregate_id = ANY('{{{id_list}}}'::uuid[]) GROUP BY aggregate_id{claims_sql}"
     );
+    let doing = "locking and reading the head, versions and claims";
     let rows = sqlx::raw_sql(&read)
         .fetch_all(&mut *conn)
         .await
-        .context("locking and reading the head, versions and claims")?;
-
-    let (mut position, mut prevhash) = (0, GENESIS_HASH);
-    let mut versions: HashMap<Uuid, i64> = HashMap::new();
-    let mut taken: HashSet<(String, String)> = HashSet::new();
+        .map_err(StoreFault::doing(doing))?;
+    let mut head = Head {
+        position: 0,
+        prevhash: GENESIS_HASH,
+        versions: HashMap::new(),
+        taken: HashSet::new(),
+    };
     for row in &rows {
         if row.columns().first().map(|c| c.name()) != Some("tag") {
             continue;
         }
-        match row.try_get::<&str, _>(0)? {
-            "h" => {
-                position = row.try_get(1)?;
-                prevhash = hash_column(row, 2)?;
+        let mut read_row = || -> sqlx::Result<()> {
+            match row.try_get::<&str, _>(0)? {
+                "h" => {
+                    head.position = row.try_get(1)?;
+                    head.prevhash = hash_column(row, 2)?;
+                }
+                "v" => {
+                    head.versions.insert(row.try_get(3)?, row.try_get(1)?);
+                }
+                _ => {
+                    head.taken.insert((row.try_get(4)?, row.try_get(5)?));
+                }
             }
-            "v" => {
-                versions.insert(row.try_get(3)?, row.try_get(1)?);
-            }
-            _ => {
-                taken.insert((row.try_get(4)?, row.try_get(5)?));
-            }
-        }
+            Ok(())
+        };
+        read_row().map_err(StoreFault::doing(doing))?;
     }
+    Ok(head)
+}
 
-    let recorded_at: DateTime<Utc> = Utc::now().trunc_subsecs(6);
-    let mut rows = EventRows::default();
-    let mut claims = ClaimRows::default();
-    let mut completions = CompletionRows::default();
-    let mut results = Vec::with_capacity(requests.len());
-    for request in requests {
-        if let Err(e) = check(request, &versions, &taken) {
-            results.push(Err(e));
-            continue;
-        }
-        let mut stored = Vec::with_capacity(request.events.len());
-        let mut version = request.expected_version;
-        for event in &request.events {
-            position += 1;
-            version += 1;
-            let mut e = StoredEvent {
-                position,
-                event_id: Uuid::now_v7(),
-                aggregate_type: request.aggregate_kind.as_str().to_owned(),
-                aggregate_id: request.aggregate_id,
-                stream_version: version,
-                study_id: request.study_id,
-                event_type: event.event_type.to_owned(),
-                schema_version: event.schema_version,
-                data: event.data.clone(),
-                actor: request.actor.clone(),
-                reason: request.reason.clone(),
-                correlation_id: request.correlation_id.clone(),
-                causation_id: request.causation_id.clone(),
-                recorded_at,
-                prevhash,
-                hash: [0; 32],
-            };
-            e.hash = e.compute_hash();
-            prevhash = e.hash;
-            rows.push(&e);
-            stored.push(e);
-        }
-        versions.insert(request.aggregate_id, version);
-        for claim in &request.claims {
-            taken.insert((claim.scope.as_str().to_owned(), claim.key.clone()));
-            claims.push(claim, request.aggregate_id, position);
-        }
-        if let Some(done) = &request.idempotency {
-            completions.push(
-                done,
-                command_answer_body(request.aggregate_id, version, position),
-            );
-        }
-        results.push(Ok(Appended {
-            version,
-            position,
-            events: stored,
-        }));
+/// Makes the rows of one checked request: positions after the head, the
+/// hash chain, its claims and idempotency answer; moves the head on.
+fn stage(
+    request: &AppendRequest,
+    head: &mut Head,
+    recorded_at: DateTime<Utc>,
+    rows: &mut Rows,
+) -> Appended {
+    let mut stored = Vec::with_capacity(request.events.len());
+    let mut version = request.expected_version;
+    for event in &request.events {
+        head.position += 1;
+        version += 1;
+        let mut e = StoredEvent {
+            position: head.position,
+            event_id: Uuid::now_v7(),
+            aggregate_type: request.aggregate_kind.as_str().to_owned(),
+            aggregate_id: request.aggregate_id,
+            stream_version: version,
+            study_id: request.study_id,
+            event_type: event.event_type.to_owned(),
+            schema_version: event.schema_version,
+            data: event.data.clone(),
+            actor: request.actor.clone(),
+            reason: request.reason.clone(),
+            correlation_id: request.correlation_id.clone(),
+            causation_id: request.causation_id.clone(),
+            recorded_at,
+            prevhash: head.prevhash,
+            hash: [0; 32],
+        };
+        e.hash = e.compute_hash();
+        head.prevhash = e.hash;
+        rows.events.push(&e);
+        stored.push(e);
     }
-
-    if !rows.position.is_empty() {
-        insert_all(conn, &rows, &claims, &completions)
-            .await
-            .context("inserting events")?;
+    let position = head.position;
+    head.versions.insert(request.aggregate_id, version);
+    for claim in &request.claims {
+        head.taken
+            .insert((claim.scope.as_str().to_owned(), claim.key.clone()));
+        rows.claims.push(claim, request.aggregate_id, position);
     }
-    sqlx::raw_sql("COMMIT")
-        .execute(&mut *conn)
-        .await
-        .context("committing the append transaction")?;
-    Ok(results)
+    if let Some(done) = &request.idempotency {
+        let body = (done.body)(request.aggregate_id, version, position);
+        rows.completions.push(done, body);
+    }
+    Appended {
+        version,
+        position,
+        events: stored,
+    }
 }
 
 /// Inserts the batch's events, unique claims and idempotency answers in one
 /// statement.
-async fn insert_all(
-    conn: &mut PgConnection,
-    events: &EventRows,
-    claims: &ClaimRows,
-    completions: &CompletionRows,
-) -> sqlx::Result<()> {
+async fn insert_all(conn: &mut PgConnection, rows: &Rows) -> sqlx::Result<()> {
+    let Rows {
+        events,
+        claims,
+        completions,
+    } = rows;
     sqlx::query(
         "WITH new_events AS ( \
            INSERT INTO events (position, event_id, aggregate_type, aggregate_id, stream_version, study_id, \
@@ -719,6 +456,14 @@ fn check(
         }
     }
     Ok(())
+}
+
+/// The rows one batch inserts, as column arrays.
+#[derive(Default)]
+struct Rows {
+    events: EventRows,
+    claims: ClaimRows,
+    completions: CompletionRows,
 }
 
 /// Column arrays of the events of one batch.

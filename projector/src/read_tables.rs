@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shared::domain::DomainEvent;
 use shared::envelope::StoredEvent;
-use shared::projection::{Latest, Need, ObservationView, StudyView, SubjectView, Views};
+use shared::projection::{Latest, Need, ObservationView, Owner, StudyView, SubjectView, Views};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -103,127 +103,109 @@ pub async fn resolve(
     let needs: BTreeSet<Need> = needs.into_iter().collect();
     let in_memory: Vec<Uuid> = views.observations.keys().copied().collect();
     for need in needs {
-        match need {
-            Need::StudyExtremes { study_id, variable } => {
-                let stored: Vec<(Value,)> = sqlx::query_as(&format!(
-                    "SELECT \"values\" -> $2 FROM {schema}.observations \
-                     WHERE study_id = $1 AND live AND \"values\" -> $2 IS NOT NULL AND NOT (id = ANY($3))"
-                ))
-                .bind(study_id)
-                .bind(&variable)
-                .bind(&in_memory)
-                .fetch_all(&mut *conn)
-                .await
-                .context("reading a study's current values")?;
-                let memory = views
-                    .observations
-                    .values()
-                    .filter(|o| o.state.study_id == study_id && live(o))
-                    .filter_map(|o| o.state.values.get(&variable).cloned());
-                let values: Vec<Value> = stored.into_iter().map(|(v,)| v).chain(memory).collect();
-                if let Some(acc) = views
-                    .studies
-                    .get_mut(&study_id)
-                    .and_then(|s| s.stats.get_mut(&variable))
-                {
-                    acc.set_extremes(values.iter());
-                }
-            }
-            Need::SubjectExtremes {
-                subject_id,
-                variable,
-            } => {
-                let stored: Vec<(Value,)> = sqlx::query_as(&format!(
-                    "SELECT \"values\" -> $2 FROM {schema}.observations \
-                     WHERE subject_id = $1 AND live AND \"values\" -> $2 IS NOT NULL AND NOT (id = ANY($3))"
-                ))
-                .bind(subject_id)
-                .bind(&variable)
-                .bind(&in_memory)
-                .fetch_all(&mut *conn)
-                .await
-                .context("reading a subject's current values")?;
-                let memory = views
-                    .observations
-                    .values()
-                    .filter(|o| o.state.subject_id == subject_id && live(o))
-                    .filter_map(|o| o.state.values.get(&variable).cloned());
-                let values: Vec<Value> = stored.into_iter().map(|(v,)| v).chain(memory).collect();
-                if let Some(acc) = views
-                    .subjects
-                    .get_mut(&subject_id)
-                    .and_then(|s| s.stats.get_mut(&variable))
-                {
-                    acc.set_extremes(values.iter());
-                }
-            }
+        match &need {
             Need::StudySubjects { study_id, position } => {
-                let held: Vec<Uuid> = views.subjects.keys().copied().collect();
-                let rows: Vec<(Vec<u8>,)> =
-                    sqlx::query_as(&format!("SELECT state FROM {schema}.subjects WHERE study_id = $1 AND NOT (id = ANY($2))"))
-                        .bind(study_id)
-                        .bind(&held)
-                        .fetch_all(&mut *conn)
-                        .await
-                        .context("loading a study's subjects")?;
-                for (state,) in rows {
-                    let mut view: SubjectView =
-                        serde_json::from_slice(&state).context("decoding a subject view")?;
-                    view.position = position;
-                    views.subjects.insert(view.state.id, view);
-                }
+                load_subjects(conn, schema, views, *study_id, *position).await?;
             }
             Need::Latest {
                 subject_id,
                 variable,
             } => {
-                let stored: Option<(Uuid, DateTime<Utc>, Value)> = sqlx::query_as(&format!(
-                    "SELECT id, observed_at, \"values\" -> $2 FROM {schema}.observations \
-                     WHERE subject_id = $1 AND live AND json_typeof(\"values\" -> $2) <> 'null' \
-                       AND NOT (id = ANY($3)) \
-                     ORDER BY observed_at DESC, id DESC LIMIT 1"
-                ))
-                .bind(subject_id)
-                .bind(&variable)
-                .bind(&in_memory)
-                .fetch_optional(&mut *conn)
-                .await
-                .context("finding a subject's latest value")?;
-                let memory = views
-                    .observations
-                    .values()
-                    .filter(|o| o.state.subject_id == subject_id && live(o))
-                    .filter_map(|o| {
-                        let v = o.state.values.get(&variable).filter(|v| !v.is_null())?;
-                        Some(Latest {
-                            value: v.clone(),
-                            observed_at: o.state.observed_at,
-                            observation_id: o.state.id,
-                        })
-                    });
+                let stored = stored_latest(conn, schema, *subject_id, variable, &in_memory).await?;
                 let latest = stored
-                    .map(|(observation_id, observed_at, value)| Latest {
-                        value,
-                        observed_at,
-                        observation_id,
-                    })
                     .into_iter()
-                    .chain(memory)
-                    .max_by_key(|l| (l.observed_at, l.observation_id));
-                if let Some(subject) = views.subjects.get_mut(&subject_id) {
-                    match latest {
-                        Some(l) => subject.latest.insert(variable, l),
-                        None => subject.latest.remove(&variable),
-                    };
-                }
+                    .chain(views.latest_held(*subject_id, variable))
+                    .max_by_key(Latest::order);
+                views.set_latest(*subject_id, variable, latest);
+            }
+            Need::StudyExtremes { .. } | Need::SubjectExtremes { .. } => {
+                let Some((owner, variable)) = need.extremes() else {
+                    continue;
+                };
+                let mut values = stored_values(conn, schema, owner, variable, &in_memory).await?;
+                values.extend(views.live_values(owner, variable));
+                views.set_extremes(owner, variable, &values);
             }
         }
     }
     Ok(())
 }
 
-fn live(o: &ObservationView) -> bool {
-    o.state.status != shared::domain::ObservationStatus::Retracted
+/// The values of `variable` in the stored live observations of `owner`,
+/// but for those held in memory.
+async fn stored_values(
+    conn: &mut PgConnection,
+    schema: &str,
+    owner: Owner,
+    variable: &str,
+    in_memory: &[Uuid],
+) -> anyhow::Result<Vec<Value>> {
+    let rows: Vec<(Value,)> = sqlx::query_as(&format!(
+        "SELECT \"values\" -> $2 FROM {schema}.observations \
+         WHERE {} = $1 AND live AND \"values\" -> $2 IS NOT NULL AND NOT (id = ANY($3))",
+        owner.column()
+    ))
+    .bind(owner.id())
+    .bind(variable)
+    .bind(in_memory)
+    .fetch_all(&mut *conn)
+    .await
+    .context("reading current values")?;
+    Ok(rows.into_iter().map(|(v,)| v).collect())
+}
+
+/// The latest non-null stored value of `variable` of a subject, but for
+/// observations held in memory.
+async fn stored_latest(
+    conn: &mut PgConnection,
+    schema: &str,
+    subject_id: Uuid,
+    variable: &str,
+    in_memory: &[Uuid],
+) -> anyhow::Result<Option<Latest>> {
+    let stored: Option<(Uuid, DateTime<Utc>, Value)> = sqlx::query_as(&format!(
+        "SELECT id, observed_at, \"values\" -> $2 FROM {schema}.observations \
+         WHERE subject_id = $1 AND live AND json_typeof(\"values\" -> $2) <> 'null' \
+           AND NOT (id = ANY($3)) \
+         ORDER BY observed_at DESC, id DESC LIMIT 1"
+    ))
+    .bind(subject_id)
+    .bind(variable)
+    .bind(in_memory)
+    .fetch_optional(&mut *conn)
+    .await
+    .context("finding a subject's latest value")?;
+    Ok(stored.map(|(observation_id, observed_at, value)| Latest {
+        value,
+        observed_at,
+        observation_id,
+    }))
+}
+
+/// Loads the subjects of a study not held yet, giving them `position`.
+async fn load_subjects(
+    conn: &mut PgConnection,
+    schema: &str,
+    views: &mut Views,
+    study_id: Uuid,
+    position: i64,
+) -> anyhow::Result<()> {
+    let held: Vec<Uuid> = views.subjects.keys().copied().collect();
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(&format!(
+        "SELECT state FROM {schema}.subjects WHERE study_id = $1 AND NOT (id = ANY($2))"
+    ))
+    .bind(study_id)
+    .bind(&held)
+    .fetch_all(&mut *conn)
+    .await
+    .context("loading a study's subjects")?;
+    for (state,) in rows {
+        let mut view: SubjectView =
+            serde_json::from_slice(&state).context("decoding a subject view")?;
+        view.position = position;
+        views.subjects.insert(view.state.id, view);
+    }
+    Ok(())
 }
 
 /// A ready-to-send document and the position of the last event in it.
@@ -336,7 +318,7 @@ pub async fn store(
         rows.study_ids.push(o.state.study_id);
         rows.subject_ids.push(o.state.subject_id);
         rows.observed_at.push(o.state.observed_at);
-        rows.live.push(live(o));
+        rows.live.push(o.state.is_live());
         rows.values.push(serde_json::to_string(&o.state.values)?);
         rows.states.push(serde_json::to_vec(o)?);
         rows.bodies.push(o.document());

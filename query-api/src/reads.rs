@@ -1,118 +1,25 @@
-//! The HTTP surface of the document reads: single documents (strong ETag,
-//! `304`, content codings kept per document), pages, the streamed study
-//! export, `Consistency-Token` waits, health, metrics and the OpenAPI
-//! document. Every error is an RFC 9457 problem.
+//! The reader's endpoints: single documents (strong ETag, `304`, content
+//! codings kept per document), pages, and the streamed study export, each
+//! as of a `Consistency-Token` when one is given. Every error is an RFC
+//! 9457 problem.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-use serde_json::json;
 use shared::auth::{Principal, Role};
 use shared::problem::Problem;
 use tokio_stream::wrappers::ReceiverStream;
-use tower_http::compression::{CompressionLayer, CompressionLevel};
-use uuid::Uuid;
 
-use crate::cache::{Doc, Found, Key, Kind};
-use crate::documents::LoadError;
+use crate::access::{consistency, load_problem, parse_id, require};
 use crate::encoding::{negotiate, Coding, MIN_COMPRESSED};
+use crate::memory_tier::{Doc, Found, Key, Kind};
 use crate::pages::{self, decode_cursor, parse_limit};
 use crate::replica::Listing;
-use crate::{audit, QueryState};
-
-pub const CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("consistency-token");
-
-type Shared = Arc<QueryState>;
-
-/// Streams and pages are compressed as they go (documents keep their
-/// compressed forms instead).
-pub fn streaming_compression() -> CompressionLayer {
-    CompressionLayer::new().quality(CompressionLevel::Precise(4))
-}
-
-pub fn router(state: Shared) -> Router {
-    let timeout = state.request_timeout;
-    let routes = Router::new()
-        .route(
-            "/v1/studies",
-            get(list_studies).layer(streaming_compression()),
-        )
-        .route("/v1/studies/{id}", get(study))
-        .route("/v1/studies/by-code/{code}", get(study_by_code))
-        .route(
-            "/v1/studies/{id}/subjects",
-            get(list_subjects).layer(streaming_compression()),
-        )
-        .route(
-            "/v1/studies/{id}/observations.ndjson",
-            get(export_study).layer(streaming_compression()),
-        )
-        .route("/v1/subjects/{id}", get(subject))
-        .route(
-            "/v1/subjects/{id}/observations",
-            get(list_observations).layer(streaming_compression()),
-        )
-        .route("/v1/observations/{id}", get(observation))
-        .merge(audit::routes())
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(openapi_json))
-        .with_state(state);
-    shared::http::with_common_layers(
-        shared::http::with_fallbacks(routes),
-        timeout,
-        "",
-        tracing::Level::DEBUG,
-    )
-}
-
-/// The caller, who must hold `role`.
-pub fn require(principal: Result<Principal, Problem>, role: Role) -> Result<Principal, Problem> {
-    let principal = principal?;
-    principal.require(role)?;
-    Ok(principal)
-}
-
-pub fn parse_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(raw).map_err(|_| Problem::bad_request("the id in the path is not a UUID"))
-}
-
-/// The position a `Consistency-Token` asks for, once it is visible (-1
-/// without a token).
-async fn consistency(state: &QueryState, headers: &HeaderMap) -> Result<i64, Problem> {
-    let Some(raw) = headers.get(CONSISTENCY_TOKEN) else {
-        return Ok(-1);
-    };
-    let position = raw
-        .to_str()
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-        .filter(|p| *p >= 0)
-        .ok_or_else(|| {
-            Problem::bad_request(
-                "Consistency-Token must be a position (a non-negative integer) a command returned",
-            )
-        })?;
-    state
-        .freshness
-        .reach(position, state.consistency_timeout)
-        .await?;
-    Ok(position)
-}
-
-pub fn load_problem(error: LoadError) -> Problem {
-    match error {
-        LoadError::Unavailable => Problem::unavailable("the read replica cannot be reached"),
-        LoadError::Internal(correlation_id) => Problem::internal(&correlation_id),
-    }
-}
+use crate::state::{QueryState, Shared};
 
 async fn document(
     state: &QueryState,
@@ -175,7 +82,7 @@ fn respond(state: &QueryState, key: &Key, doc: &Arc<Doc>, headers: &HeaderMap) -
     }
     let (body, made) = doc.encoded(coding);
     if made {
-        state.docs.cache.grew(key, doc, body.len());
+        state.docs.grew(key, doc, body.len());
     }
     let mut response = (
         [
@@ -305,7 +212,6 @@ async fn page(
     consistency(state, headers).await?;
     let page = state
         .docs
-        .replica
         .page(listing, after, limit, principal.studies.as_deref())
         .await
         .map_err(|e| load_problem(e.into()))?;
@@ -398,42 +304,10 @@ pub async fn export_study(
         Found::Doc(study) if principal.may_access_study(study.study_id) => {}
         _ => return Err(Problem::not_found("there is no such study")),
     }
-    let lines = state.docs.replica.export(id);
+    let lines = state.docs.export(id);
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(ReceiverStream::new(lines)),
     )
         .into_response())
-}
-
-async fn readyz(State(state): State<Shared>) -> Response {
-    let replica = state.freshness.is_up();
-    let redis = state.docs.redis.as_ref().map(|r| r.is_up());
-    let details = json!({
-        "replica": replica,
-        "replica_lag_seconds": state.freshness.lag_seconds(),
-        "checkpoint": state.freshness.applied(),
-        "redis": redis,
-    });
-    if replica {
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            details.to_string(),
-        )
-            .into_response()
-    } else {
-        Problem::unavailable("the read replica cannot be reached")
-            .with("redis", redis)
-            .into_response()
-    }
-}
-
-async fn metrics_text(State(state): State<Shared>) -> Response {
-    shared::http::metrics_text(state.metrics.as_ref())
-}
-
-async fn openapi_json() -> Response {
-    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let body = DOC.get_or_init(crate::openapi::document).clone();
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
