@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use shared::config::parse_duration;
+use shared::config::{parse_duration, MigrationSettings, NatsSettings, TokenSettings};
 
 /// Validates research commands, appends their events to PostgreSQL and
 /// publishes them to NATS JetStream.
@@ -25,43 +25,18 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// The database's owner, to apply migrations at start-up; empty: the
-    /// migrations are applied by someone else.
-    #[arg(
-        long,
-        env = "MIGRATION_DATABASE_URL",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub migration_database_url: String,
+    #[command(flatten)]
+    pub migration: MigrationSettings,
 
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "COMMAND_API_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
 
-    /// NATS server with JetStream.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: NatsSettings,
 
-    /// JetStream stream the events are published to.
-    #[arg(long, env = "NATS_STREAM", default_value = "RESEARCH_EVENTS")]
-    pub nats_stream: String,
-
-    /// First token of every published subject (`<prefix>.<aggregate>.<id>`).
-    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "research")]
-    pub nats_subject_prefix: String,
-
-    /// Secret of the HS256 bearer tokens (shared by all services).
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
-
-    /// Required `iss` claim, when set.
-    #[arg(long, env = "JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-
-    /// Required `aud` claim, when set.
-    #[arg(long, env = "JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
+    #[command(flatten)]
+    pub tokens: TokenSettings,
 
     /// The key that signs checkpoints of the log's Merkle tree, in the
     /// signed-note form `PRIVATE+KEY+<name>+<id>+<base64>`; empty: no
@@ -107,4 +82,14 @@ pub struct Config {
     /// Connections appending side by side (their batches queue on one lock).
     #[arg(long, env = "COMMAND_API_APPENDER_CONNECTIONS", default_value_t = 2)]
     pub appender_connections: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_are_well_formed() {
+        super::Config::command().debug_assert();
+    }
 }

@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use shared::auth::Authenticator;
 use shared::loop_health::LoopHealth;
 use shared::store::{AppenderConfig, EventStore};
 use sqlx::postgres::PgPoolOptions;
@@ -63,7 +62,7 @@ impl App {
     /// PostgreSQL and NATS, makes sure the
     /// stream exists and starts the appender and the publisher.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
-        shared::migrate(Some(&config.migration_database_url)).await?;
+        config.migration.apply().await?;
         let pool = PgPoolOptions::new()
             .max_connections(config.db_pool)
             .acquire_timeout(Duration::from_secs(5))
@@ -78,13 +77,13 @@ impl App {
         let nats = async_nats::ConnectOptions::new()
             .name("command-api")
             .retry_on_initial_connect()
-            .connect(&config.nats_url)
+            .connect(&config.nats.url)
             .await
-            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+            .with_context(|| format!("connecting to NATS at {}", config.nats.url))?;
         let js = async_nats::jetstream::new(nats.clone());
         let publisher_config = PublisherConfig {
-            stream: config.nats_stream.clone(),
-            subject_prefix: config.nats_subject_prefix.clone(),
+            stream: config.nats.stream.clone(),
+            subject_prefix: config.nats.subject_prefix.clone(),
             duplicate_window: Duration::from_secs(120),
         };
         publisher::ensure_stream(&js, &publisher_config).await?;
@@ -106,8 +105,8 @@ impl App {
                     signer,
                     origin: config.log_origin.clone(),
                     batch: config.log_tree_batch,
-                    stream: format!("{}_CHECKPOINTS", config.nats_stream),
-                    subject: format!("{}-checkpoints", config.nats_subject_prefix),
+                    stream: format!("{}_CHECKPOINTS", config.nats.stream),
+                    subject: format!("{}-checkpoints", config.nats.subject_prefix),
                 };
                 checkpointer::ensure_stream(&js, &checkpoints).await?;
                 let health = Arc::new(LoopHealth::new("checkpointer"));
@@ -136,11 +135,7 @@ impl App {
         ));
         let state = Arc::new(AppState {
             engine: Engine::new(store, config.state_cache, Some(nats.clone())),
-            auth: Authenticator::new(
-                config.jwt_secret.as_bytes(),
-                config.jwt_issuer.as_deref(),
-                config.jwt_audience.as_deref(),
-            ),
+            auth: config.tokens.authenticator(),
             nats,
             publishing,
             checkpointing,

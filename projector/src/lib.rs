@@ -12,6 +12,8 @@
 //! warms Redis; [`replay`] rebuilds and verifies them from the log; this
 //! file holds the consumer loop ([`Projector::step`]).
 
+pub mod app;
+pub mod config;
 pub mod read_tables;
 pub mod redis_sink;
 pub mod replay;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use shared::config::parse_duration;
+use shared::config::{parse_duration, RedisSettings, TokenSettings};
 
 /// Serves the read models (from memory, Redis and the read replica) and the
 /// audit endpoints over the event log.
@@ -37,13 +37,8 @@ pub struct Config {
     #[arg(long, env = "QUERY_API_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
 
-    /// Redis the projector warms; empty means no Redis tier.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-
-    /// Prefix of the projector's Redis keys and channel.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "research")]
-    pub redis_prefix: String,
+    #[command(flatten)]
+    pub redis: RedisSettings,
 
     /// Bytes of documents kept in process memory.
     #[arg(long, env = "QUERY_API_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -67,17 +62,8 @@ pub struct Config {
     #[arg(long, env = "QUERY_API_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
-    /// Secret of the HS256 bearer tokens (shared by all services).
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
-
-    /// Required `iss` claim, when set.
-    #[arg(long, env = "JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-
-    /// Required `aud` claim, when set.
-    #[arg(long, env = "JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
+    #[command(flatten)]
+    pub tokens: TokenSettings,
 
     /// The verifier key of the log's checkpoints (`log-key` prints it),
     /// served at `/v1/audit/log-key`; empty: none is served.
@@ -93,5 +79,15 @@ impl Config {
         } else {
             &self.replica_database_url
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_are_well_formed() {
+        super::Config::command().debug_assert();
     }
 }

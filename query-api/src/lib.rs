@@ -41,7 +41,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use shared::auth::Authenticator;
 use shared::telemetry::PrometheusHandle;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::task::JoinHandle;
@@ -84,10 +83,10 @@ impl App {
             config.poll_interval,
         ));
         let mut tasks = Vec::new();
-        let redis = if config.redis_url.is_empty() {
+        let redis = if config.redis.url.is_empty() {
             None
         } else {
-            let tier = RedisTier::new(&config.redis_url, config.redis_prefix.clone())
+            let tier = RedisTier::new(&config.redis.url, config.redis.prefix.clone())
                 .context("configuring Redis")?;
             tasks.push(tokio::spawn(tier.clone().run(freshness.clone())));
             Some(tier)
@@ -102,11 +101,7 @@ impl App {
         let state = Arc::new(QueryState {
             docs: Documents::new(cache, redis, replica),
             freshness,
-            auth: Authenticator::new(
-                config.jwt_secret.as_bytes(),
-                config.jwt_issuer.as_deref(),
-                config.jwt_audience.as_deref(),
-            ),
+            auth: config.tokens.authenticator(),
             consistency_timeout: config.consistency_timeout,
             request_timeout: config.request_timeout,
             metrics,

@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         addr = %config.addr,
         cache_bytes = config.cache_bytes,
-        redis = !config.redis_url.is_empty(),
+        redis = !config.redis.url.is_empty(),
         "query-api listening"
     );
     axum::serve(
