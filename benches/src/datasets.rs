@@ -122,123 +122,95 @@ fn text(raw: &str) -> Value {
     }
 }
 
+/// The columns of a CSV file, by name.
+struct Columns(Vec<String>);
+
+impl Columns {
+    /// The header, which must name every column in `wanted`.
+    fn of(headers: &csv::StringRecord, wanted: &[&str]) -> anyhow::Result<Self> {
+        let names: Vec<String> = headers.iter().map(str::to_owned).collect();
+        if let Some(missing) = wanted.iter().find(|w| !names.iter().any(|n| n == *w)) {
+            anyhow::bail!("no column {missing:?}");
+        }
+        Ok(Self(names))
+    }
+
+    fn row<'a>(&'a self, record: &'a csv::StringRecord) -> Row<'a> {
+        Row {
+            columns: self,
+            record,
+        }
+    }
+}
+
+/// One record, its fields found by column name.
+struct Row<'a> {
+    columns: &'a Columns,
+    record: &'a csv::StringRecord,
+}
+
+impl<'a> Row<'a> {
+    /// The field in the column `name` (one the header names).
+    fn field(&self, name: &str) -> &'a str {
+        self.columns
+            .0
+            .iter()
+            .position(|n| n == name)
+            .and_then(|i| self.record.get(i))
+            .unwrap_or("")
+    }
+}
+
+const PENGUIN_COLUMNS: [&str; 17] = [
+    "studyName",
+    "Sample Number",
+    "Species",
+    "Region",
+    "Island",
+    "Stage",
+    "Individual ID",
+    "Clutch Completion",
+    "Date Egg",
+    "Culmen Length (mm)",
+    "Culmen Depth (mm)",
+    "Flipper Length (mm)",
+    "Body Mass (g)",
+    "Sex",
+    "Delta 15 N (o/oo)",
+    "Delta 13 C (o/oo)",
+    "Comments",
+];
+
 /// Palmer penguins: one study per field season (`studyName`), one subject
 /// per individual, one observation per row.
 pub fn penguins(path: &Path) -> anyhow::Result<Vec<StudyData>> {
     let mut reader =
         csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
-    let headers = reader.headers()?.clone();
-    let col = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .with_context(|| format!("no column {name:?}"))
-    };
-    let (
-        study,
-        sample,
-        species,
-        region,
-        island,
-        stage,
-        individual,
-        clutch,
-        egg,
-        culmen_l,
-        culmen_d,
-        flipper,
-        mass,
-        sex,
-        d15n,
-        d13c,
-        comments,
-    ) = (
-        col("studyName")?,
-        col("Sample Number")?,
-        col("Species")?,
-        col("Region")?,
-        col("Island")?,
-        col("Stage")?,
-        col("Individual ID")?,
-        col("Clutch Completion")?,
-        col("Date Egg")?,
-        col("Culmen Length (mm)")?,
-        col("Culmen Depth (mm)")?,
-        col("Flipper Length (mm)")?,
-        col("Body Mass (g)")?,
-        col("Sex")?,
-        col("Delta 15 N (o/oo)")?,
-        col("Delta 13 C (o/oo)")?,
-        col("Comments")?,
-    );
-    let variables = json!([
-        {"name": "culmen_length_mm", "kind": "numeric", "unit": "mm", "min": 0},
-        {"name": "culmen_depth_mm", "kind": "numeric", "unit": "mm", "min": 0},
-        {"name": "flipper_length_mm", "kind": "integer", "unit": "mm", "min": 0},
-        {"name": "body_mass_g", "kind": "integer", "unit": "g", "min": 0},
-        {"name": "sex", "kind": "categorical", "categories": ["MALE", "FEMALE"]},
-        {"name": "delta_15n", "kind": "numeric", "unit": "per mille"},
-        {"name": "delta_13c", "kind": "numeric", "unit": "per mille"},
-        {"name": "clutch_completion", "kind": "boolean"},
-        {"name": "egg_date", "kind": "date"}
-    ]);
+    let columns = Columns::of(reader.headers()?, &PENGUIN_COLUMNS)?;
     let mut studies: Vec<StudyData> = Vec::new();
     for (line, record) in reader.records().enumerate() {
         let r = record.with_context(|| format!("reading row {}", line + 2))?;
-        let code = &r[study];
-        let season = code.strip_prefix("PAL").unwrap_or(code);
+        let row = columns.row(&r);
+        let field = |name: &str| row.field(name);
+        let code = field("studyName");
         if !studies.iter().any(|s| s.code == code) {
-            studies.push(StudyData {
-                code: code.to_owned(),
-                title: format!(
-                    "Palmer Station Adélie, Chinstrap and Gentoo penguins, season 20{}-{}",
-                    season.get(..2).unwrap_or(""),
-                    season.get(2..).unwrap_or("")
-                ),
-                principal_investigator: "Kristen B. Gorman".to_owned(),
-                description: "Nesting penguins measured near Palmer Station, Antarctica (Palmer Station LTER, \
-                              EDI knb-lter-pal.219/220/221; Gorman, Williams and Fraser 2014)"
-                    .to_owned(),
-                variables: variables.clone(),
-                subjects: Vec::new(),
-            });
+            studies.push(penguin_season(code));
         }
         let study = studies
             .iter_mut()
             .find(|s| s.code == code)
             .expect("inserted above");
-        let mut values = BTreeMap::new();
-        values.insert("culmen_length_mm".to_owned(), number(&r[culmen_l])?);
-        values.insert("culmen_depth_mm".to_owned(), number(&r[culmen_d])?);
-        values.insert("flipper_length_mm".to_owned(), integer(&r[flipper])?);
-        values.insert("body_mass_g".to_owned(), integer(&r[mass])?);
-        values.insert("sex".to_owned(), text(&r[sex]));
-        values.insert("delta_15n".to_owned(), number(&r[d15n])?);
-        values.insert("delta_13c".to_owned(), number(&r[d13c])?);
-        values.insert(
-            "clutch_completion".to_owned(),
-            match &r[clutch] {
-                "Yes" => json!(true),
-                "No" => json!(false),
-                _ => Value::Null,
-            },
-        );
-        values.insert("egg_date".to_owned(), text(&r[egg]));
-        let observation = ObservationData {
-            observed_at: format!("{}T00:00:00Z", &r[egg]),
-            values,
-            comment: (!na(&r[comments])).then(|| r[comments].to_owned()),
-        };
-        let label = r[individual].to_owned();
+        let observation = penguin_observation(&row)?;
+        let label = field("Individual ID").to_owned();
         match study.subjects.iter_mut().find(|s| s.label == label) {
             Some(subject) => subject.observations.push(observation),
             None => {
                 let mut attributes = Map::new();
-                attributes.insert("species".into(), json!(&r[species]));
-                attributes.insert("island".into(), json!(&r[island]));
-                attributes.insert("region".into(), json!(&r[region]));
-                attributes.insert("stage".into(), json!(&r[stage]));
-                attributes.insert("sample_number".into(), integer(&r[sample])?);
+                attributes.insert("species".into(), json!(field("Species")));
+                attributes.insert("island".into(), json!(field("Island")));
+                attributes.insert("region".into(), json!(field("Region")));
+                attributes.insert("stage".into(), json!(field("Stage")));
+                attributes.insert("sample_number".into(), integer(field("Sample Number"))?);
                 study.subjects.push(SubjectData {
                     label,
                     attributes,
@@ -250,20 +222,77 @@ pub fn penguins(path: &Path) -> anyhow::Result<Vec<StudyData>> {
     Ok(studies)
 }
 
+/// The study of one field season, such as `PAL0708`.
+fn penguin_season(code: &str) -> StudyData {
+    let season = code.strip_prefix("PAL").unwrap_or(code);
+    StudyData {
+        code: code.to_owned(),
+        title: format!(
+            "Palmer Station Adélie, Chinstrap and Gentoo penguins, season 20{}-{}",
+            season.get(..2).unwrap_or(""),
+            season.get(2..).unwrap_or("")
+        ),
+        principal_investigator: "Kristen B. Gorman".to_owned(),
+        description:
+            "Nesting penguins measured near Palmer Station, Antarctica (Palmer Station LTER, \
+                      EDI knb-lter-pal.219/220/221; Gorman, Williams and Fraser 2014)"
+                .to_owned(),
+        variables: json!([
+            {"name": "culmen_length_mm", "kind": "numeric", "unit": "mm", "min": 0},
+            {"name": "culmen_depth_mm", "kind": "numeric", "unit": "mm", "min": 0},
+            {"name": "flipper_length_mm", "kind": "integer", "unit": "mm", "min": 0},
+            {"name": "body_mass_g", "kind": "integer", "unit": "g", "min": 0},
+            {"name": "sex", "kind": "categorical", "categories": ["MALE", "FEMALE"]},
+            {"name": "delta_15n", "kind": "numeric", "unit": "per mille"},
+            {"name": "delta_13c", "kind": "numeric", "unit": "per mille"},
+            {"name": "clutch_completion", "kind": "boolean"},
+            {"name": "egg_date", "kind": "date"}
+        ]),
+        subjects: Vec::new(),
+    }
+}
+
+/// One penguin row as an observation.
+fn penguin_observation(row: &Row<'_>) -> anyhow::Result<ObservationData> {
+    let field = |name: &str| row.field(name);
+    let mut values = BTreeMap::new();
+    values.insert(
+        "culmen_length_mm".to_owned(),
+        number(field("Culmen Length (mm)"))?,
+    );
+    values.insert(
+        "culmen_depth_mm".to_owned(),
+        number(field("Culmen Depth (mm)"))?,
+    );
+    values.insert(
+        "flipper_length_mm".to_owned(),
+        integer(field("Flipper Length (mm)"))?,
+    );
+    values.insert("body_mass_g".to_owned(), integer(field("Body Mass (g)"))?);
+    values.insert("sex".to_owned(), text(field("Sex")));
+    values.insert("delta_15n".to_owned(), number(field("Delta 15 N (o/oo)"))?);
+    values.insert("delta_13c".to_owned(), number(field("Delta 13 C (o/oo)"))?);
+    let clutch = match field("Clutch Completion") {
+        "Yes" => json!(true),
+        "No" => json!(false),
+        _ => Value::Null,
+    };
+    values.insert("clutch_completion".to_owned(), clutch);
+    let egg = field("Date Egg");
+    values.insert("egg_date".to_owned(), text(egg));
+    let comments = field("Comments");
+    Ok(ObservationData {
+        observed_at: format!("{egg}T00:00:00Z"),
+        values,
+        comment: (!na(comments)).then(|| comments.to_owned()),
+    })
+}
+
 /// NYC airport weather 2013 as study `code`: one subject per station, one
 /// observation per hourly row.
 pub fn weather(path: &Path, code: &str) -> anyhow::Result<StudyData> {
     let mut reader =
         csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
-    let headers = reader.headers()?.clone();
-    let col = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .with_context(|| format!("no column {name:?}"))
-    };
-    let origin = col("origin")?;
-    let time = col("time_hour")?;
     let measures = [
         ("temp", "temp_f", "degF"),
         ("dewp", "dewpoint_f", "degF"),
@@ -275,10 +304,11 @@ pub fn weather(path: &Path, code: &str) -> anyhow::Result<StudyData> {
         ("pressure", "pressure_mbar", "mbar"),
         ("visib", "visibility_mi", "mi"),
     ];
-    let columns: Vec<usize> = measures
-        .iter()
-        .map(|(c, _, _)| col(c))
-        .collect::<anyhow::Result<_>>()?;
+    let wanted: Vec<&str> = ["origin", "time_hour"]
+        .into_iter()
+        .chain(measures.iter().map(|(c, _, _)| *c))
+        .collect();
+    let columns = Columns::of(reader.headers()?, &wanted)?;
     let variables: Vec<Value> = measures
         .iter()
         .map(|(_, name, unit)| json!({"name": name, "kind": "numeric", "unit": unit}))
@@ -293,16 +323,17 @@ pub fn weather(path: &Path, code: &str) -> anyhow::Result<StudyData> {
     };
     for (line, record) in reader.records().enumerate() {
         let r = record.with_context(|| format!("reading row {}", line + 2))?;
+        let row = columns.row(&r);
         let mut values = BTreeMap::new();
-        for ((_, name, _), &c) in measures.iter().zip(&columns) {
-            values.insert((*name).to_owned(), number(&r[c])?);
+        for (column, name, _) in &measures {
+            values.insert((*name).to_owned(), number(row.field(column))?);
         }
         let observation = ObservationData {
-            observed_at: r[time].to_owned(),
+            observed_at: row.field("time_hour").to_owned(),
             values,
             comment: None,
         };
-        let label = &r[origin];
+        let label = row.field("origin");
         match study.subjects.iter_mut().find(|s| s.label == label) {
             Some(s) => s.observations.push(observation),
             None => {

@@ -100,25 +100,7 @@ where
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
     // Closed loop: a shared counter; open loop: the pacer's tickets.
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let tickets = interval.map(|interval| {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-        std::thread::spawn(move || {
-            for n in 0u64.. {
-                let at = started + interval.mul_f64(n as f64);
-                if at >= deadline {
-                    break;
-                }
-                let now = Instant::now();
-                if at > now {
-                    std::thread::sleep(at - now);
-                }
-                if tx.send(n).is_err() {
-                    break;
-                }
-            }
-        });
-        Arc::new(Mutex::new(rx))
-    });
+    let tickets = interval.map(|interval| pacer(started, deadline, interval));
     let results = Arc::new(Mutex::new((0u64, 0u64, Vec::<u64>::new())));
     let tasks: Vec<_> = (0..connections)
         .map(|c| {
@@ -180,4 +162,30 @@ where
         elapsed,
         latencies_us,
     }
+}
+
+/// The open loop's pacer: a thread that hands out ticket `n` at
+/// `started + n * interval` until `deadline`.
+fn pacer(
+    started: Instant,
+    deadline: Instant,
+    interval: Duration,
+) -> Arc<Mutex<tokio::sync::mpsc::UnboundedReceiver<u64>>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    std::thread::spawn(move || {
+        for n in 0u64.. {
+            let at = started + interval.mul_f64(n as f64);
+            if at >= deadline {
+                break;
+            }
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if tx.send(n).is_err() {
+                break;
+            }
+        }
+    });
+    Arc::new(Mutex::new(rx))
 }

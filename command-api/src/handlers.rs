@@ -26,6 +26,19 @@ pub const MAX_BATCH: usize = 1000;
 
 const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
+/// Headers every command takes.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct CommandHeaders {
+    /// `"<version>"`: answer 412 unless the record is at that version.
+    #[param(rename = "If-Match")]
+    if_match: Option<String>,
+    /// Replays the first answer to the same request for 24 h.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
 macro_rules! command_route {
     ($(#[$meta:meta])* $name:ident, $kind:expr, path) => {
         $(#[$meta])*
@@ -59,7 +72,7 @@ macro_rules! command_route {
 command_route!(
     /// Registers a study with its variables.
     #[utoipa::path(post, path = "/v1/studies", tag = "studies", request_body = input::RegisterStudyBody,
-        params(crate::openapi::CommandHeaders),
+        params(CommandHeaders),
         responses((status = 201, body = crate::answers::CommandAnswer, headers(("Consistency-Token" = i64))),
                   (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     register_study, Kind::RegisterStudy
@@ -67,7 +80,7 @@ command_route!(
 command_route!(
     /// Amends a study: title, description, new variables; needs a reason.
     #[utoipa::path(post, path = "/v1/studies/{id}/amendments", tag = "studies", request_body = input::AmendStudyBody,
-        params(("id" = Uuid, Path, description = "study id"), crate::openapi::CommandHeaders),
+        params(("id" = Uuid, Path, description = "study id"), CommandHeaders),
         responses((status = 200, body = crate::answers::CommandAnswer),
                   (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     amend_study, Kind::AmendStudy, path
@@ -75,7 +88,7 @@ command_route!(
 command_route!(
     /// Closes a study: its data is locked from then on.
     #[utoipa::path(post, path = "/v1/studies/{id}/closure", tag = "studies", request_body = input::ReasonBody,
-        params(("id" = Uuid, Path, description = "study id"), crate::openapi::CommandHeaders),
+        params(("id" = Uuid, Path, description = "study id"), CommandHeaders),
         responses((status = 200, body = crate::answers::CommandAnswer),
                   (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     close_study, Kind::CloseStudy, path
@@ -83,7 +96,7 @@ command_route!(
 command_route!(
     /// Registers a subject in an open study.
     #[utoipa::path(post, path = "/v1/studies/{id}/subjects", tag = "subjects", request_body = input::RegisterSubjectBody,
-        params(("id" = Uuid, Path, description = "study id"), crate::openapi::CommandHeaders),
+        params(("id" = Uuid, Path, description = "study id"), CommandHeaders),
         responses((status = 201, body = crate::answers::CommandAnswer),
                   (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     register_subject, Kind::RegisterSubject, path
@@ -91,7 +104,7 @@ command_route!(
 command_route!(
     /// Withdraws a subject; needs a reason.
     #[utoipa::path(post, path = "/v1/subjects/{id}/withdrawal", tag = "subjects", request_body = input::ReasonBody,
-        params(("id" = Uuid, Path, description = "subject id"), crate::openapi::CommandHeaders),
+        params(("id" = Uuid, Path, description = "subject id"), CommandHeaders),
         responses((status = 200, body = crate::answers::CommandAnswer),
                   (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     withdraw_subject, Kind::WithdrawSubject, path
@@ -100,7 +113,7 @@ command_route!(
     /// Records an observation of some of the study's variables.
     #[utoipa::path(post, path = "/v1/subjects/{id}/observations", tag = "observations",
         request_body = input::RecordObservationBody,
-        params(("id" = Uuid, Path, description = "subject id"), crate::openapi::CommandHeaders),
+        params(("id" = Uuid, Path, description = "subject id"), CommandHeaders),
         responses((status = 201, body = crate::answers::CommandAnswer),
                   (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     record_observation, Kind::RecordObservation, path
@@ -109,7 +122,7 @@ command_route!(
     /// Corrects values of an observation; needs a reason.
     #[utoipa::path(post, path = "/v1/observations/{id}/corrections", tag = "observations",
         request_body = input::CorrectObservationBody,
-        params(("id" = Uuid, Path, description = "observation id"), crate::openapi::CommandHeaders),
+        params(("id" = Uuid, Path, description = "observation id"), CommandHeaders),
         responses((status = 200, body = crate::answers::CommandAnswer),
                   (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     correct_observation, Kind::CorrectObservation, path
@@ -117,7 +130,7 @@ command_route!(
 command_route!(
     /// Retracts an observation, keeping its values; needs a reason.
     #[utoipa::path(post, path = "/v1/observations/{id}/retraction", tag = "observations", request_body = input::ReasonBody,
-        params(("id" = Uuid, Path, description = "observation id"), crate::openapi::CommandHeaders),
+        params(("id" = Uuid, Path, description = "observation id"), CommandHeaders),
         responses((status = 200, body = crate::answers::CommandAnswer),
                   (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     retract_observation, Kind::RetractObservation, path
@@ -125,7 +138,7 @@ command_route!(
 command_route!(
     /// Signs an observation (`reviewer` role); approval needs a second person.
     #[utoipa::path(post, path = "/v1/observations/{id}/signatures", tag = "observations", request_body = input::SignBody,
-        params(("id" = Uuid, Path, description = "observation id"), crate::openapi::CommandHeaders),
+        params(("id" = Uuid, Path, description = "observation id"), CommandHeaders),
         responses((status = 200, body = crate::answers::CommandAnswer),
                   (status = "4XX", body = shared::api_doc::ProblemDoc, content_type = "application/problem+json")))]
     sign_observation, Kind::SignObservation, path

@@ -3,23 +3,10 @@
 //! `/openapi.json`.
 
 use shared::api_doc::{BearerAuth, ProblemDoc};
-use utoipa::{IntoParams, OpenApi};
+use utoipa::OpenApi;
 
 use crate::answers::{BatchAnswer, CommandAnswer};
 use crate::{handlers, input};
-
-/// Headers every command takes.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct CommandHeaders {
-    /// `"<version>"`: answer 412 unless the record is at that version.
-    #[param(rename = "If-Match")]
-    if_match: Option<String>,
-    /// Replays the first answer to the same request for 24 h.
-    #[param(rename = "Idempotency-Key")]
-    idempotency_key: Option<String>,
-}
 
 #[derive(OpenApi)]
 #[openapi(

@@ -220,6 +220,16 @@ struct Feed {
 }
 
 impl Feed {
+    /// The newest position told to this process.
+    fn newest(&self) -> i64 {
+        self.pending
+            .values()
+            .filter_map(|b| b.last())
+            .map(|e| e.position)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn insert(&mut self, batch: Committed) {
         if let Some(first) = batch.first() {
             self.pending.insert(first.position, batch);
@@ -276,18 +286,7 @@ async fn publish(
         pending: BTreeMap::new(),
         lagged: false,
     };
-    let checkpoint: i64 = sqlx::query_scalar("SELECT position FROM outbox_checkpoint")
-        .fetch_one(pool)
-        .await
-        .context("reading the outbox checkpoint")?;
-    let (mut last_position, mut last_id) = match stream_tail(js, &config.stream).await? {
-        Some((position, id)) => {
-            check_same_log(pool, config, position, &id).await?;
-            (position, Some(id))
-        }
-        // An empty (new or purged) stream: resume after the checkpoint.
-        None => (checkpoint, None),
-    };
+    let (mut last_position, mut last_id) = resume_point(pool, js, config).await?;
     *published = Some(last_position);
     // Where publishing stands; not progress (a retry starts here too).
     health.note_position(last_position);
@@ -346,27 +345,7 @@ async fn publish(
             );
             return Ok(());
         }
-        let mut acks = Vec::with_capacity(batch.len());
-        for event in &batch {
-            let id = event.event_id.to_string();
-            let mut message = Publish::build()
-                .payload(event.to_cloud_event().into())
-                .message_id(&id)
-                .header(POSITION_HEADER, event.position.to_string().as_str());
-            if let Some(previous) = &last_id {
-                message = message.expected_last_message_id(previous);
-            }
-            let ack = js
-                .send_publish(subject_of(&config.subject_prefix, event), message)
-                .await
-                .with_context(|| format!("publishing position {}", event.position))?;
-            acks.push((event.position, ack));
-            last_id = Some(id);
-        }
-        for (position, ack) in acks {
-            ack.await
-                .with_context(|| format!("JetStream refused position {position}"))?;
-        }
+        send(js, config, &batch, &mut last_id).await?;
         last_position = batch.last().map_or(last_position, |e| e.position);
         *published = Some(last_position);
         health.progressed(last_position);
@@ -380,14 +359,60 @@ async fn publish(
             checkpoint_saved = tokio::time::Instant::now();
         }
         metrics::gauge!("outbox_published_position").set(last_position as f64);
-        let newest = feed
-            .pending
-            .values()
-            .filter_map(|b| b.last())
-            .map(|e| e.position)
-            .max()
-            .unwrap_or(0);
-        known_head = known_head.max(newest).max(last_position);
+        known_head = known_head.max(feed.newest()).max(last_position);
         metrics::gauge!("outbox_backlog_events").set((known_head - last_position) as f64);
     }
+}
+
+/// Where publishing resumes: after the stream's tail (checked to be this
+/// log's), or after the saved checkpoint when the stream is empty (new or
+/// purged).
+async fn resume_point(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    config: &PublisherConfig,
+) -> anyhow::Result<(i64, Option<String>)> {
+    let checkpoint: i64 = sqlx::query_scalar("SELECT position FROM outbox_checkpoint")
+        .fetch_one(pool)
+        .await
+        .context("reading the outbox checkpoint")?;
+    Ok(match stream_tail(js, &config.stream).await? {
+        Some((position, id)) => {
+            check_same_log(pool, config, position, &id).await?;
+            (position, Some(id))
+        }
+        None => (checkpoint, None),
+    })
+}
+
+/// Publishes `batch` in order, each message expecting the one before it as
+/// the stream's last, then waits for every acknowledgement.
+async fn send(
+    js: &jetstream::Context,
+    config: &PublisherConfig,
+    batch: &[StoredEvent],
+    last_id: &mut Option<String>,
+) -> anyhow::Result<()> {
+    let mut acks = Vec::with_capacity(batch.len());
+    for event in batch {
+        let id = event.event_id.to_string();
+        let mut message = Publish::build()
+            .payload(event.to_cloud_event().into())
+            .message_id(&id)
+            .header(POSITION_HEADER, event.position.to_string().as_str());
+        if let Some(previous) = last_id.as_deref() {
+            message = message.expected_last_message_id(previous);
+        }
+        let ack = js
+            .send_publish(subject_of(&config.subject_prefix, event), message)
+            .await
+            .with_context(|| format!("publishing position {}", event.position))?;
+        acks.push((event.position, ack));
+        *last_id = Some(id);
+    }
+    for (position, ack) in acks {
+        ack.await
+            .with_context(|| format!("JetStream refused position {position}"))?;
+    }
+    Ok(())
 }

@@ -229,89 +229,97 @@ pub async fn store(
     views: &Views,
     checkpoint: i64,
 ) -> anyhow::Result<Vec<Doc>> {
+    let mut docs = store_studies(conn, schema, views).await?;
+    docs.extend(store_subjects(conn, schema, views).await?);
+    docs.extend(store_observations(conn, schema, views).await?);
+    sqlx::query(&format!("UPDATE {schema}.checkpoint SET position = $1"))
+        .bind(checkpoint)
+        .execute(&mut *conn)
+        .await
+        .context("moving the checkpoint")?;
+    Ok(docs)
+}
+
+async fn store_studies(
+    conn: &mut PgConnection,
+    schema: &str,
+    views: &Views,
+) -> anyhow::Result<Vec<Doc>> {
     let mut docs = Vec::new();
-    let mut ids = Vec::new();
-    let mut codes = Vec::new();
     let mut states = Vec::new();
-    let mut bodies = Vec::new();
-    let mut positions = Vec::new();
     for s in views.studies.values() {
-        ids.push(s.state.id);
-        codes.push(s.state.code.as_str().to_owned());
         states.push(serde_json::to_vec(s)?);
-        bodies.push(s.document().to_string().into_bytes());
-        positions.push(s.position);
+        docs.push(Doc {
+            kind: "study",
+            id: s.state.id,
+            study_id: s.state.id,
+            code: Some(s.state.code.as_str().to_owned()),
+            position: s.position,
+            body: s.document().to_string().into_bytes(),
+        });
     }
+    let codes: Vec<&str> = docs.iter().filter_map(|d| d.code.as_deref()).collect();
     sqlx::query(
         &format!("INSERT INTO {schema}.studies (id, code, state, body, position) \
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::int8[]) \
          ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position"),
     )
-    .bind(&ids)
+    .bind(column(&docs, |d| d.id))
     .bind(&codes)
     .bind(&states)
-    .bind(&bodies)
-    .bind(&positions)
+    .bind(column(&docs, |d| &d.body))
+    .bind(column(&docs, |d| d.position))
     .execute(&mut *conn)
     .await
     .context("storing study views")?;
-    for (i, id) in ids.iter().enumerate() {
-        docs.push(Doc {
-            kind: "study",
-            id: *id,
-            study_id: *id,
-            code: Some(codes[i].clone()),
-            position: positions[i],
-            body: bodies[i].clone(),
-        });
-    }
+    Ok(docs)
+}
 
-    let (mut ids, mut study_ids, mut labels, mut states, mut bodies, mut positions) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+async fn store_subjects(
+    conn: &mut PgConnection,
+    schema: &str,
+    views: &Views,
+) -> anyhow::Result<Vec<Doc>> {
+    let (mut docs, mut labels, mut states) = (Vec::new(), Vec::new(), Vec::new());
     for s in views.subjects.values() {
         let variables = views
             .studies
             .get(&s.state.study_id)
             .map(|st| st.state.variables.as_slice())
             .unwrap_or_default();
-        ids.push(s.state.id);
-        study_ids.push(s.state.study_id);
         labels.push(sort_key_text(&s.state.label));
         states.push(serde_json::to_vec(s)?);
-        bodies.push(s.document(variables).to_string().into_bytes());
-        positions.push(s.position);
+        docs.push(Doc {
+            kind: "subject",
+            id: s.state.id,
+            study_id: s.state.study_id,
+            code: None,
+            position: s.position,
+            body: s.document(variables).to_string().into_bytes(),
+        });
     }
     sqlx::query(
         &format!("INSERT INTO {schema}.subjects (id, study_id, label, state, body, position) \
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::bytea[], $6::int8[]) \
          ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position"),
     )
-    .bind(&ids)
-    .bind(&study_ids)
+    .bind(column(&docs, |d| d.id))
+    .bind(column(&docs, |d| d.study_id))
     .bind(&labels)
     .bind(&states)
-    .bind(&bodies)
-    .bind(&positions)
+    .bind(column(&docs, |d| &d.body))
+    .bind(column(&docs, |d| d.position))
     .execute(&mut *conn)
     .await
     .context("storing subject views")?;
-    for (i, id) in ids.iter().enumerate() {
-        docs.push(Doc {
-            kind: "subject",
-            id: *id,
-            study_id: study_ids[i],
-            code: None,
-            position: positions[i],
-            body: bodies[i].clone(),
-        });
-    }
+    Ok(docs)
+}
 
+async fn store_observations(
+    conn: &mut PgConnection,
+    schema: &str,
+    views: &Views,
+) -> anyhow::Result<Vec<Doc>> {
     let mut rows = ObservationRows::default();
     for o in views.observations.values() {
         rows.ids.push(o.state.id);
@@ -343,23 +351,41 @@ pub async fn store(
     .execute(&mut *conn)
     .await
     .context("storing observation views")?;
-    for (i, id) in rows.ids.iter().enumerate() {
-        docs.push(Doc {
+    let ObservationRows {
+        ids,
+        study_ids,
+        positions,
+        bodies,
+        ..
+    } = rows;
+    Ok(zip4(ids, study_ids, positions, bodies)
+        .map(|(id, study_id, position, body)| Doc {
             kind: "observation",
-            id: *id,
-            study_id: rows.study_ids[i],
+            id,
+            study_id,
             code: None,
-            position: rows.positions[i],
-            body: rows.bodies[i].clone(),
-        });
-    }
+            position,
+            body,
+        })
+        .collect())
+}
 
-    sqlx::query(&format!("UPDATE {schema}.checkpoint SET position = $1"))
-        .bind(checkpoint)
-        .execute(&mut *conn)
-        .await
-        .context("moving the checkpoint")?;
-    Ok(docs)
+/// One column of the documents, as the array bound to a statement.
+fn column<'a, T>(docs: &'a [Doc], f: impl Fn(&'a Doc) -> T) -> Vec<T> {
+    docs.iter().map(f).collect()
+}
+
+fn zip4<A, B, C, D>(
+    a: Vec<A>,
+    b: Vec<B>,
+    c: Vec<C>,
+    d: Vec<D>,
+) -> impl Iterator<Item = (A, B, C, D)> {
+    a.into_iter()
+        .zip(b)
+        .zip(c)
+        .zip(d)
+        .map(|(((a, b), c), d)| (a, b, c, d))
 }
 
 /// A text as a `text` column can hold it, for columns that only order rows

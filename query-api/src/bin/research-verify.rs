@@ -22,6 +22,7 @@ use shared::merkle::{leaf_hash, Frontier, Hash};
 use shared::receipt::Receipt;
 use shared::store::EventStore;
 use shared::verify::{ExpectedRoot, Failure, PinnedHead, TreeCheck, Verifier};
+use sqlx::PgPool;
 
 /// Verify the research records event log.
 #[derive(Parser)]
@@ -259,7 +260,7 @@ impl State {
 /// The checkpoints the database stores, oldest first: every one must
 /// verify with the key, and two of one size must agree.
 async fn stored_checkpoints(
-    pool: &sqlx::PgPool,
+    pool: &PgPool,
     key: &NoteVerifier,
     origin: &str,
 ) -> anyhow::Result<Result<Vec<(Checkpoint, String)>, String>> {
@@ -295,6 +296,17 @@ async fn stored_checkpoints(
     Ok(Ok(verified))
 }
 
+/// What the log must match: the signed checkpoints, the target checkpoint,
+/// and what this verifier remembers; `failures` found on the way that the
+/// replay will place.
+#[derive(Default)]
+struct Expectations {
+    expected: Vec<ExpectedRoot>,
+    target: Option<(Checkpoint, String)>,
+    state: Option<State>,
+    failures: Vec<String>,
+}
+
 async fn verify_log(args: &LogArgs) -> anyhow::Result<Outcome> {
     let trusted = args.key.load()?;
     if trusted.is_none() && (args.state.is_some() || args.checkpoint.is_some()) {
@@ -311,102 +323,137 @@ async fn verify_log(args: &LogArgs) -> anyhow::Result<Outcome> {
         ),
         (None, None) => anyhow::bail!("give --file or --database-url (or DATABASE_URL)"),
     };
+    let expectations = match &trusted {
+        Some((key, origin)) => match expectations(args, pool.as_ref(), key, origin).await? {
+            Ok(e) => e,
+            Err(failure) => return Ok(Outcome::Failed(failure)),
+        },
+        None => Expectations::default(),
+    };
+    replay_against(args, pool.as_ref(), expectations).await
+}
 
-    // What the log must match: signed checkpoints, and what this verifier
-    // remembers.
-    let mut expected = Vec::new();
-    let mut target: Option<(Checkpoint, String)> = None;
-    let mut state = None;
-    let mut failures = Vec::new();
-    if let Some((key, origin)) = &trusted {
-        let stored = match &pool {
-            Some(pool) => match stored_checkpoints(pool, key, origin).await? {
-                Ok(stored) => stored,
-                Err(failure) => return Ok(Outcome::Failed(failure)),
-            },
-            None => Vec::new(),
-        };
-        for (checkpoint, _) in &stored {
-            expected.push(ExpectedRoot {
-                size: checkpoint.size,
-                root: checkpoint.root,
-                source: format!("the signed checkpoint of {} events", checkpoint.size),
-            });
-        }
-        target = match &args.checkpoint {
-            Some(path) => {
-                let note = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                match Checkpoint::verify(&note, key, origin) {
-                    Ok(c) => Some((c, note)),
-                    Err(e) => {
-                        return Ok(Outcome::Failed(format!(
-                            "the checkpoint in {} does not verify with the key: {e}",
-                            path.display()
-                        )))
-                    }
+/// Reads the stored checkpoints, the target and the remembered state, each
+/// checked with the key; `Err` names a failure found before any replay.
+async fn expectations(
+    args: &LogArgs,
+    pool: Option<&PgPool>,
+    key: &NoteVerifier,
+    origin: &str,
+) -> anyhow::Result<Result<Expectations, String>> {
+    let mut found = Expectations::default();
+    let stored = match pool {
+        Some(pool) => match stored_checkpoints(pool, key, origin).await? {
+            Ok(stored) => stored,
+            Err(failure) => return Ok(Err(failure)),
+        },
+        None => Vec::new(),
+    };
+    for (checkpoint, _) in &stored {
+        found.expected.push(ExpectedRoot {
+            size: checkpoint.size,
+            root: checkpoint.root,
+            source: format!("the signed checkpoint of {} events", checkpoint.size),
+        });
+    }
+    found.target = match &args.checkpoint {
+        Some(path) => {
+            let note = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            match Checkpoint::verify(&note, key, origin) {
+                Ok(c) => Some((c, note)),
+                Err(e) => {
+                    return Ok(Err(format!(
+                        "the checkpoint in {} does not verify with the key: {e}",
+                        path.display()
+                    )))
                 }
             }
-            None => stored.last().cloned(),
-        };
-        if let Some((checkpoint, _)) = &target {
-            expected.push(ExpectedRoot {
-                size: checkpoint.size,
-                root: checkpoint.root,
-                source: format!("the checkpoint of {} events verified now", checkpoint.size),
-            });
         }
-        if let Some(path) = &args.state {
-            let loaded = match State::load(path, key, origin)? {
-                Ok(s) => s,
-                Err(failure) => return Ok(Outcome::Failed(failure)),
-            };
-            if let Some((remembered, _)) = &loaded.remembered {
-                expected.push(ExpectedRoot {
-                    size: remembered.size,
-                    root: remembered.root,
-                    source: format!(
-                        "the checkpoint of {} events this verifier remembers",
-                        remembered.size
-                    ),
-                });
-                // The log only grows: the new checkpoint must continue the
-                // remembered one, by a consistency proof the database gives
-                // (from an export, the replay recomputes both roots).
-                if let Some((next, _)) = &target {
-                    let proof = match &pool {
-                        Some(pool) if remembered.size > 0 && next.size > remembered.size => {
-                            let mut conn = pool.acquire().await?;
-                            Some(
-                                shared::merkle_store::prove_consistency(
-                                    &mut conn,
-                                    remembered.size,
-                                    next.size,
-                                )
-                                .await
-                                .context("reading a consistency proof")?,
-                            )
-                        }
-                        Some(_) => Some(Vec::new()),
-                        None => None,
-                    };
-                    match (
-                        remembered.continued_by(next, proof.as_deref().unwrap_or(&[])),
-                        proof,
-                    ) {
-                        (Ok(()), _) | (Err(GrowthError::Inconsistent { .. }), None) => {}
-                        // The replay names where the past differs.
-                        (Err(e @ GrowthError::Inconsistent { .. }), Some(_)) => {
-                            failures.push(format!("FAILED: {e}"));
-                        }
-                        (Err(e), _) => return Ok(Outcome::Failed(format!("FAILED: {e}"))),
-                    }
-                }
+        None => stored.last().cloned(),
+    };
+    if let Some((checkpoint, _)) = &found.target {
+        found.expected.push(ExpectedRoot {
+            size: checkpoint.size,
+            root: checkpoint.root,
+            source: format!("the checkpoint of {} events verified now", checkpoint.size),
+        });
+    }
+    let Some(path) = &args.state else {
+        return Ok(Ok(found));
+    };
+    let loaded = match State::load(path, key, origin)? {
+        Ok(s) => s,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    if let Some((remembered, _)) = &loaded.remembered {
+        found.expected.push(ExpectedRoot {
+            size: remembered.size,
+            root: remembered.root,
+            source: format!(
+                "the checkpoint of {} events this verifier remembers",
+                remembered.size
+            ),
+        });
+        if let Some((next, _)) = &found.target {
+            if let Err(failure) = grows(pool, remembered, next, &mut found.failures).await? {
+                return Ok(Err(failure));
             }
-            state = Some(loaded);
         }
     }
+    found.state = Some(loaded);
+    Ok(Ok(found))
+}
 
+/// The log only grows: `next` must continue the `remembered` checkpoint, by
+/// a consistency proof the database gives (from an export, the replay
+/// recomputes both roots). An inconsistent proof is a failure the replay
+/// will place (pushed to `failures`); any other is final (`Err`).
+async fn grows(
+    pool: Option<&PgPool>,
+    remembered: &Checkpoint,
+    next: &Checkpoint,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<Result<(), String>> {
+    let proof = match pool {
+        Some(pool) if remembered.size > 0 && next.size > remembered.size => {
+            let mut conn = pool.acquire().await?;
+            Some(
+                shared::merkle_store::prove_consistency(&mut conn, remembered.size, next.size)
+                    .await
+                    .context("reading a consistency proof")?,
+            )
+        }
+        Some(_) => Some(Vec::new()),
+        None => None,
+    };
+    match (
+        remembered.continued_by(next, proof.as_deref().unwrap_or(&[])),
+        proof,
+    ) {
+        (Ok(()), _) | (Err(GrowthError::Inconsistent { .. }), None) => Ok(Ok(())),
+        // The replay names where the past differs.
+        (Err(e @ GrowthError::Inconsistent { .. }), Some(_)) => {
+            failures.push(format!("FAILED: {e}"));
+            Ok(Ok(()))
+        }
+        (Err(e), _) => Ok(Err(format!("FAILED: {e}"))),
+    }
+}
+
+/// Replays the log against the expectations, remembers what was verified,
+/// and says the outcome.
+async fn replay_against(
+    args: &LogArgs,
+    pool: Option<&PgPool>,
+    expectations: Expectations,
+) -> anyhow::Result<Outcome> {
+    let Expectations {
+        expected,
+        target,
+        state,
+        mut failures,
+    } = expectations;
     let mut progress = progress(args.quiet);
     let remember = match (&state, &target) {
         (Some(state), Some((checkpoint, _))) => Some((state.leaves_writer()?, checkpoint.size)),
@@ -416,15 +463,7 @@ async fn verify_log(args: &LogArgs) -> anyhow::Result<Outcome> {
         Some(state) => state.earlier_leaves()?,
         None => None,
     };
-    let replayed = replay(
-        args,
-        pool.as_ref(),
-        expected,
-        earlier,
-        remember,
-        &mut progress,
-    )
-    .await?;
+    let replayed = replay(args, pool, expected, earlier, remember, &mut progress).await?;
     let (checked, head, leaves) = match replayed {
         Ok(done) => done,
         Err(failure) => {
@@ -472,7 +511,7 @@ fn progress(quiet: bool) -> Progress {
 /// remember (`remember`: the writer and how many leaves it takes).
 async fn replay(
     args: &LogArgs,
-    pool: Option<&sqlx::PgPool>,
+    pool: Option<&PgPool>,
     expected: Vec<ExpectedRoot>,
     earlier: Option<(Box<dyn Read>, u64)>,
     mut remember: Option<(BufWriter<std::fs::File>, u64)>,

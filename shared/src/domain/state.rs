@@ -188,12 +188,24 @@ pub fn apply(
     meta: &EventMeta,
 ) -> Result<AggregateState, ApplyError> {
     let version = state.as_ref().map_or(0, AggregateState::version);
-    let misfit = || ApplyError {
+    let next = match state {
+        None => created(event, meta),
+        Some(AggregateState::Study(s)) => study_changed(s, event).map(AggregateState::Study),
+        Some(AggregateState::Subject(s)) => subject_changed(s, event).map(AggregateState::Subject),
+        Some(AggregateState::Observation(o)) => {
+            observation_changed(o, event, meta).map(AggregateState::Observation)
+        }
+    };
+    next.ok_or(ApplyError {
         event_type: event.event_type(),
         version,
-    };
-    let next = match (state, event) {
-        (None, DomainEvent::StudyRegistered(e)) => AggregateState::Study(StudyState {
+    })
+}
+
+/// The first state of an aggregate, from the event that creates it.
+fn created(event: &DomainEvent, meta: &EventMeta) -> Option<AggregateState> {
+    Some(match event {
+        DomainEvent::StudyRegistered(e) => AggregateState::Study(StudyState {
             id: e.study_id,
             code: e.code.clone(),
             title: e.title.clone(),
@@ -203,23 +215,7 @@ pub fn apply(
             variables: e.variables.clone(),
             version: 1,
         }),
-        (Some(AggregateState::Study(mut s)), DomainEvent::StudyAmended(e)) => {
-            if let Some(title) = &e.title {
-                s.title = title.clone();
-            }
-            if let Some(description) = &e.description {
-                s.description = Some(description.clone());
-            }
-            s.variables.extend(e.add_variables.iter().cloned());
-            s.version += 1;
-            AggregateState::Study(s)
-        }
-        (Some(AggregateState::Study(mut s)), DomainEvent::StudyClosed) => {
-            s.status = StudyStatus::Closed;
-            s.version += 1;
-            AggregateState::Study(s)
-        }
-        (None, DomainEvent::SubjectRegistered(e)) => AggregateState::Subject(SubjectState {
+        DomainEvent::SubjectRegistered(e) => AggregateState::Subject(SubjectState {
             id: e.subject_id,
             study_id: e.study_id,
             label: e.label.clone(),
@@ -227,33 +223,63 @@ pub fn apply(
             status: SubjectStatus::Active,
             version: 1,
         }),
-        (Some(AggregateState::Subject(mut s)), DomainEvent::SubjectWithdrawn) => {
-            s.status = SubjectStatus::Withdrawn;
-            s.version += 1;
-            AggregateState::Subject(s)
+        DomainEvent::ObservationRecorded(e) => AggregateState::Observation(ObservationState {
+            id: e.observation_id,
+            study_id: e.study_id,
+            subject_id: e.subject_id,
+            observed_at: e.observed_at,
+            values: e.values.clone(),
+            original_values: e.values.clone(),
+            comment: e.comment.clone(),
+            status: ObservationStatus::Recorded,
+            corrections: 0,
+            signatures: Vec::new(),
+            recorded_by: meta.actor.clone(),
+            recorded_at: meta.recorded_at,
+            authors: vec![meta.actor.clone()],
+            last_changed_by: meta.actor.clone(),
+            last_changed_at: meta.recorded_at,
+            last_change_reason: None,
+            version: 1,
+        }),
+        _ => return None,
+    })
+}
+
+fn study_changed(mut s: StudyState, event: &DomainEvent) -> Option<StudyState> {
+    match event {
+        DomainEvent::StudyAmended(e) => {
+            if let Some(title) = &e.title {
+                s.title = title.clone();
+            }
+            if let Some(description) = &e.description {
+                s.description = Some(description.clone());
+            }
+            s.variables.extend(e.add_variables.iter().cloned());
         }
-        (None, DomainEvent::ObservationRecorded(e)) => {
-            AggregateState::Observation(ObservationState {
-                id: e.observation_id,
-                study_id: e.study_id,
-                subject_id: e.subject_id,
-                observed_at: e.observed_at,
-                values: e.values.clone(),
-                original_values: e.values.clone(),
-                comment: e.comment.clone(),
-                status: ObservationStatus::Recorded,
-                corrections: 0,
-                signatures: Vec::new(),
-                recorded_by: meta.actor.clone(),
-                recorded_at: meta.recorded_at,
-                authors: vec![meta.actor.clone()],
-                last_changed_by: meta.actor.clone(),
-                last_changed_at: meta.recorded_at,
-                last_change_reason: None,
-                version: 1,
-            })
-        }
-        (Some(AggregateState::Observation(mut o)), DomainEvent::ObservationCorrected(e)) => {
+        DomainEvent::StudyClosed => s.status = StudyStatus::Closed,
+        _ => return None,
+    }
+    s.version += 1;
+    Some(s)
+}
+
+fn subject_changed(mut s: SubjectState, event: &DomainEvent) -> Option<SubjectState> {
+    match event {
+        DomainEvent::SubjectWithdrawn => s.status = SubjectStatus::Withdrawn,
+        _ => return None,
+    }
+    s.version += 1;
+    Some(s)
+}
+
+fn observation_changed(
+    mut o: ObservationState,
+    event: &DomainEvent,
+    meta: &EventMeta,
+) -> Option<ObservationState> {
+    match event {
+        DomainEvent::ObservationCorrected(e) => {
             for (name, value) in &e.values {
                 o.values.insert(name.clone(), value.clone());
             }
@@ -264,25 +290,22 @@ pub fn apply(
                 o.authors.push(meta.actor.clone());
             }
             touch(&mut o, meta);
-            AggregateState::Observation(o)
         }
-        (Some(AggregateState::Observation(mut o)), DomainEvent::ObservationRetracted) => {
+        DomainEvent::ObservationRetracted => {
             o.status = ObservationStatus::Retracted;
             touch(&mut o, meta);
-            AggregateState::Observation(o)
         }
-        (Some(AggregateState::Observation(mut o)), DomainEvent::ObservationSigned(e)) => {
+        DomainEvent::ObservationSigned(e) => {
             o.signatures.push(Signature {
                 signer: meta.actor.clone(),
                 meaning: e.meaning,
                 signed_at: meta.recorded_at,
             });
             o.version += 1;
-            AggregateState::Observation(o)
         }
-        _ => return Err(misfit()),
-    };
-    Ok(next)
+        _ => return None,
+    }
+    Some(o)
 }
 
 fn touch(o: &mut ObservationState, meta: &EventMeta) {

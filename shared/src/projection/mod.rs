@@ -188,6 +188,22 @@ pub struct Views {
     pub observations: HashMap<Uuid, ObservationView>,
 }
 
+/// The state after `event`, or why the event cannot be applied.
+fn applied(
+    event: &StoredEvent,
+    before: Option<AggregateState>,
+    domain: &DomainEvent,
+) -> Result<AggregateState, ProjectError> {
+    apply(before, domain, &event.meta()).map_err(|e| invalid(event, &e.to_string()))
+}
+
+fn invalid(event: &StoredEvent, why: &str) -> ProjectError {
+    ProjectError::Invalid {
+        position: event.position,
+        why: why.to_owned(),
+    }
+}
+
 fn kind_of(variables: &[Variable], name: &str) -> Option<VariableKind> {
     variables
         .iter()
@@ -199,122 +215,145 @@ impl Views {
     /// Applies one event to the views it touches (which must be loaded).
     pub fn project(&mut self, event: &StoredEvent) -> Result<Vec<Need>, ProjectError> {
         let position = event.position;
-        let invalid = |why: String| ProjectError::Invalid { position, why };
-        let domain = event.domain_event().map_err(|e| invalid(e.to_string()))?;
-        let meta = event.meta();
-        let missing = |what, id| ProjectError::Missing { position, what, id };
+        let domain = event.domain_event().map_err(|e| ProjectError::Invalid {
+            position,
+            why: e.to_string(),
+        })?;
         let mut needs = Vec::new();
-        let id = event.aggregate_id;
         match domain.aggregate_kind() {
-            AggregateKind::Study => {
-                let before = self
-                    .studies
-                    .get(&id)
-                    .map(|v| AggregateState::Study(v.state.clone()));
-                let AggregateState::Study(state) =
-                    apply(before, &domain, &meta).map_err(|e| invalid(e.to_string()))?
-                else {
-                    return Err(invalid("not a study event".into()));
-                };
-                match self.studies.get_mut(&id) {
-                    Some(view) => view.state = state,
-                    None => {
-                        self.studies.insert(
-                            id,
-                            StudyView {
-                                state,
-                                subjects: SubjectCounts::default(),
-                                observations: ObservationCounts::default(),
-                                stats: BTreeMap::new(),
-                                last_activity_at: event.recorded_at,
-                                position,
-                            },
-                        );
-                    }
-                }
-                if matches!(&domain, DomainEvent::StudyAmended(e) if !e.add_variables.is_empty()) {
-                    // Subject documents list the study's variables.
-                    for subject in self
-                        .subjects
-                        .values_mut()
-                        .filter(|x| x.state.study_id == id)
-                    {
-                        subject.position = position;
-                    }
-                    needs.push(Need::StudySubjects {
-                        study_id: id,
-                        position,
-                    });
-                }
-            }
-            AggregateKind::Subject => {
-                let before = self.subjects.get(&id).map(|v| v.state.status);
-                let state = self
-                    .subjects
-                    .get(&id)
-                    .map(|v| AggregateState::Subject(v.state.clone()));
-                let AggregateState::Subject(after) =
-                    apply(state, &domain, &meta).map_err(|e| invalid(e.to_string()))?
-                else {
-                    return Err(invalid("not a subject event".into()));
-                };
-                let study = self
-                    .studies
-                    .get_mut(&after.study_id)
-                    .ok_or(missing("study", after.study_id))?;
-                match (before, after.status) {
-                    (None, _) => {
-                        study.subjects.total += 1;
-                        study.subjects.active += 1;
-                    }
-                    (Some(SubjectStatus::Active), SubjectStatus::Withdrawn) => {
-                        study.subjects.active -= 1;
-                        study.subjects.withdrawn += 1;
-                    }
-                    _ => {}
-                }
-                match self.subjects.get_mut(&id) {
-                    Some(view) => {
-                        view.state = after;
-                        view.position = position;
-                    }
-                    None => {
-                        self.subjects.insert(
-                            id,
-                            SubjectView {
-                                state: after,
-                                observations: 0,
-                                latest: BTreeMap::new(),
-                                stats: BTreeMap::new(),
-                                position,
-                            },
-                        );
-                    }
-                }
-            }
-            AggregateKind::Observation => {
-                let before = self.observations.get(&id).map(|v| v.state.clone());
-                let state = before.clone().map(AggregateState::Observation);
-                let after =
-                    match apply(state, &domain, &meta).map_err(|e| invalid(e.to_string()))? {
-                        AggregateState::Observation(o) => o,
-                        _ => return Err(invalid("not an observation event".into())),
-                    };
-                self.observation_changed(position, before.as_ref(), &after, &mut needs)?;
-                self.observations.insert(
-                    id,
-                    ObservationView {
-                        state: after,
-                        position,
-                    },
-                );
-            }
+            AggregateKind::Study => self.project_study(event, &domain, &mut needs)?,
+            AggregateKind::Subject => self.project_subject(event, &domain)?,
+            AggregateKind::Observation => self.project_observation(event, &domain, &mut needs)?,
         }
         if let Some(study) = self.studies.get_mut(&event.study_id) {
             study.last_activity_at = study.last_activity_at.max(event.recorded_at);
             study.position = position;
         }
         Ok(needs)
+    }
+
+    fn project_study(
+        &mut self,
+        event: &StoredEvent,
+        domain: &DomainEvent,
+        needs: &mut Vec<Need>,
+    ) -> Result<(), ProjectError> {
+        let (id, position) = (event.aggregate_id, event.position);
+        let before = self
+            .studies
+            .get(&id)
+            .map(|v| AggregateState::Study(v.state.clone()));
+        let AggregateState::Study(state) = applied(event, before, domain)? else {
+            return Err(invalid(event, "not a study event"));
+        };
+        match self.studies.get_mut(&id) {
+            Some(view) => view.state = state,
+            None => {
+                self.studies.insert(
+                    id,
+                    StudyView {
+                        state,
+                        subjects: SubjectCounts::default(),
+                        observations: ObservationCounts::default(),
+                        stats: BTreeMap::new(),
+                        last_activity_at: event.recorded_at,
+                        position,
+                    },
+                );
+            }
+        }
+        if matches!(domain, DomainEvent::StudyAmended(e) if !e.add_variables.is_empty()) {
+            // Subject documents list the study's variables.
+            for subject in self
+                .subjects
+                .values_mut()
+                .filter(|x| x.state.study_id == id)
+            {
+                subject.position = position;
+            }
+            needs.push(Need::StudySubjects {
+                study_id: id,
+                position,
+            });
+        }
+        Ok(())
+    }
+
+    fn project_subject(
+        &mut self,
+        event: &StoredEvent,
+        domain: &DomainEvent,
+    ) -> Result<(), ProjectError> {
+        let (id, position) = (event.aggregate_id, event.position);
+        let before = self.subjects.get(&id).map(|v| v.state.status);
+        let state = self
+            .subjects
+            .get(&id)
+            .map(|v| AggregateState::Subject(v.state.clone()));
+        let AggregateState::Subject(after) = applied(event, state, domain)? else {
+            return Err(invalid(event, "not a subject event"));
+        };
+        let study = self
+            .studies
+            .get_mut(&after.study_id)
+            .ok_or(ProjectError::Missing {
+                position,
+                what: "study",
+                id: after.study_id,
+            })?;
+        match (before, after.status) {
+            (None, _) => {
+                study.subjects.total += 1;
+                study.subjects.active += 1;
+            }
+            (Some(SubjectStatus::Active), SubjectStatus::Withdrawn) => {
+                study.subjects.active -= 1;
+                study.subjects.withdrawn += 1;
+            }
+            _ => {}
+        }
+        match self.subjects.get_mut(&id) {
+            Some(view) => {
+                view.state = after;
+                view.position = position;
+            }
+            None => {
+                self.subjects.insert(
+                    id,
+                    SubjectView {
+                        state: after,
+                        observations: 0,
+                        latest: BTreeMap::new(),
+                        stats: BTreeMap::new(),
+                        position,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn project_observation(
+        &mut self,
+        event: &StoredEvent,
+        domain: &DomainEvent,
+        needs: &mut Vec<Need>,
+    ) -> Result<(), ProjectError> {
+        let (id, position) = (event.aggregate_id, event.position);
+        let before = self.observations.get(&id).map(|v| v.state.clone());
+        let state = before.clone().map(AggregateState::Observation);
+        let AggregateState::Observation(after) = applied(event, state, domain)? else {
+            return Err(invalid(event, "not an observation event"));
+        };
+        self.observation_changed(position, before.as_ref(), &after, needs)?;
+        self.observations.insert(
+            id,
+            ObservationView {
+                state: after,
+                position,
+            },
+        );
+        Ok(())
     }
 
     /// Moves counts, statistics and latest values from `before` to `after`.
