@@ -162,6 +162,61 @@ fn sign(meaning: SignatureMeaning) -> Command {
     }
 }
 
+#[test]
+fn every_command_reads_what_it_writes_and_guards_only_what_it_reads() {
+    let reason: Reason = "a reason".parse().unwrap();
+    let commands = [
+        register_study(),
+        Command::CloseStudy {
+            study_id: id(STUDY),
+            reason: reason.clone(),
+        },
+        register_subject(),
+        Command::WithdrawSubject {
+            subject_id: id(SUBJECT),
+            reason: reason.clone(),
+        },
+        record(OBSERVATION, &[("culmen_length_mm", json!(39.1))]),
+        correct(&[("culmen_length_mm", json!(39.2))], "typo"),
+        Command::RetractObservation {
+            observation_id: id(OBSERVATION),
+            reason,
+        },
+        sign(SignatureMeaning::Approved),
+    ];
+    for command in &commands {
+        let reads = command.reads();
+        let (kind, written) = command.written();
+        let read_written = reads.iter().find(|r| r.kind == kind).unwrap();
+        assert_eq!(read_written.at, ReadAt::Id(written), "{}", command.name());
+        assert_eq!(
+            read_written.creates,
+            command.creates(),
+            "{}",
+            command.name()
+        );
+        for guarded in command.guards() {
+            assert_ne!(*guarded, kind, "{} guards what it writes", command.name());
+            assert!(
+                reads.iter().any(|r| r.kind == *guarded),
+                "{} guards what it does not read",
+                command.name()
+            );
+        }
+        // A read of the study of another state comes after that state.
+        for (i, read) in reads.iter().enumerate() {
+            if let ReadAt::StudyOf(of) = read.at {
+                assert!(reads[..i].iter().any(|r| r.kind == of));
+            }
+        }
+    }
+    let claims = register_study().claims();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].scope, ClaimScope::StudyCode);
+    assert_eq!(claims[0].key, "PAL0708");
+    assert!(register_subject().claims().is_empty());
+}
+
 /// A study with one subject and one observation of 39.1 mm, by "alice".
 fn given_recorded() -> World {
     let mut w = World::default();
