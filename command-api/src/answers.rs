@@ -4,7 +4,7 @@
 
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shared::problem::Problem;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -37,7 +37,7 @@ impl CommandAnswer {
 }
 
 /// One item of a batch answer: an answer or a problem.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BatchResult {
     /// The status the item alone would have had.
     pub status: u16,
@@ -61,6 +61,27 @@ impl BatchResult {
             position: Some(done.position),
             problem: None,
         }
+    }
+
+    /// The result of an item that created `id` (for the event store to
+    /// journal with the item's events; a plain function, as
+    /// [`CommandAnswer::bytes`]).
+    pub fn created_bytes(id: Uuid, version: i64, position: i64) -> Vec<u8> {
+        Self::written_bytes(id, version, position, true)
+    }
+
+    /// The result of an item that changed `id`.
+    pub fn changed_bytes(id: Uuid, version: i64, position: i64) -> Vec<u8> {
+        Self::written_bytes(id, version, position, false)
+    }
+
+    fn written_bytes(id: Uuid, version: i64, position: i64, created: bool) -> Vec<u8> {
+        to_bytes(&Self::executed(&Executed {
+            id,
+            version,
+            position,
+            created,
+        }))
     }
 
     pub fn refused(problem: &Problem) -> Self {

@@ -3,6 +3,8 @@
 //! `Idempotency-Key`, body), runs the command through the engine, and
 //! answers the documented body or a problem.
 
+use std::collections::BTreeMap;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -307,6 +309,7 @@ async fn run_single(
             principal: principal.id.to_string(),
             key: key.clone(),
             status: status.as_u16(),
+            item: None,
             body: CommandAnswer::bytes,
         }),
         principal,
@@ -364,12 +367,19 @@ pub async fn batch(
     };
     let authorized = || authorize_batch(&state, &principal, &bytes);
     let what = (&method, uri.path(), &bytes[..]);
-    if let Err(answer) =
-        idempotency::claim_or_answer(&state, &principal, key.as_deref(), what, authorized).await
-    {
-        return answer;
-    }
-    let (status, body, position) = match run_batch(&state, &principal, &headers, &bytes).await {
+    let done =
+        match idempotency::claim_or_answer(&state, &principal, key.as_deref(), what, authorized)
+            .await
+        {
+            Ok(done) => done,
+            Err(answer) => return answer,
+        };
+    let run = Batch {
+        principal: &principal,
+        key: key.as_deref(),
+        done,
+    };
+    let (status, body, position) = match run_batch(&state, run, &headers, &bytes).await {
         Ok(answer) => (StatusCode::OK, answer.bytes(), answer.highest_position()),
         Err(problem) => (
             problem.status,
@@ -413,10 +423,19 @@ async fn authorize_batch(
     Ok(())
 }
 
-/// Runs a batch, item by item in order.
+/// A batch to run: whose, under which `Idempotency-Key`, and the results
+/// of items an earlier holder of the key committed (not run again).
+struct Batch<'a> {
+    principal: &'a Principal,
+    key: Option<&'a str>,
+    done: BTreeMap<usize, serde_json::Value>,
+}
+
+/// Runs a batch, item by item in order. With an `Idempotency-Key`, each
+/// item's result is journaled in the transaction of its events.
 async fn run_batch(
     state: &AppState,
-    principal: &Principal,
+    run: Batch<'_>,
     headers: &HeaderMap,
     bytes: &[u8],
 ) -> Result<BatchAnswer, Problem> {
@@ -432,35 +451,65 @@ async fn run_batch(
     }
     metrics::histogram!("command_batch_size").record(batch.commands.len() as f64);
     let (correlation_id, request_id) = correlation_of(headers);
-    let items: Vec<Result<_, ApiError>> = batch
-        .commands
-        .into_iter()
-        .enumerate()
-        .map(|(index, item)| {
-            let parsed = input::parse_item(item)?;
-            principal.require(Kind::of(&parsed.command).role())?;
-            Ok((
-                parsed.command,
-                CommandMeta {
-                    principal: principal.clone(),
-                    if_match: None,
-                    correlation_id: correlation_id.clone(),
-                    causation_id: format!("{request_id}/{index}"),
-                    idempotency: None,
-                    server_made_id: parsed.server_made_id,
-                },
-            ))
-        })
-        .collect();
-    let results = state
-        .engine
-        .execute_batch(items)
-        .await
-        .into_iter()
-        .map(|outcome| match outcome {
+    let count = batch.commands.len();
+    let mut indexes = Vec::with_capacity(count);
+    let mut items: Vec<Result<_, ApiError>> = Vec::with_capacity(count);
+    for (index, item) in batch.commands.into_iter().enumerate() {
+        if run.done.contains_key(&index) {
+            continue;
+        }
+        indexes.push(index);
+        items.push(
+            input::parse_item(item)
+                .map_err(ApiError::from)
+                .and_then(|parsed| {
+                    run.principal.require(Kind::of(&parsed.command).role())?;
+                    let journal = run.key.map(|key| IdempotencyCompletion {
+                        principal: run.principal.id.to_string(),
+                        key: key.to_owned(),
+                        status: if parsed.command.creates() { 201 } else { 200 },
+                        item: Some(index),
+                        body: if parsed.command.creates() {
+                            BatchResult::created_bytes
+                        } else {
+                            BatchResult::changed_bytes
+                        },
+                    });
+                    let meta = CommandMeta {
+                        principal: run.principal.clone(),
+                        if_match: None,
+                        correlation_id: correlation_id.clone(),
+                        causation_id: format!("{request_id}/{index}"),
+                        idempotency: journal,
+                        server_made_id: parsed.server_made_id,
+                    };
+                    Ok((parsed.command, meta))
+                }),
+        );
+    }
+    if !run.done.is_empty() {
+        tracing::info!(
+            resumed = run.done.len(),
+            running = indexes.len(),
+            "resuming a batch whose earlier holder of the key committed some items"
+        );
+    }
+    let outcomes = state.engine.execute_batch(items).await;
+    let mut results: Vec<Option<BatchResult>> = (0..count).map(|_| None).collect();
+    for (index, outcome) in indexes.into_iter().zip(outcomes) {
+        results[index] = Some(match outcome {
             Ok(done) => BatchResult::executed(&done),
             Err(error) => BatchResult::refused(&error.to_problem()),
-        })
+        });
+    }
+    for (index, journaled) in run.done {
+        if let Some(slot) = results.get_mut(index) {
+            *slot = serde_json::from_value(journaled).ok();
+        }
+    }
+    let results = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| BatchResult::refused(&Problem::internal("batch-journal"))))
         .collect();
     Ok(BatchAnswer { results })
 }

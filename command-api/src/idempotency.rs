@@ -7,6 +7,7 @@
 //! [`claim_or_answer`] (run the command, or answer for the key), then
 //! [`settle`] when the command was not appended with its answer.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -47,15 +48,17 @@ pub async fn claim_or_answer<Fut>(
     key: Option<&str>,
     (method, path, body): (&Method, &str, &[u8]),
     authorized: impl FnOnce() -> Fut,
-) -> Result<(), Response>
+) -> Result<BTreeMap<usize, serde_json::Value>, Response>
 where
     Fut: Future<Output = Result<(), Problem>>,
 {
-    let Some(key) = key else { return Ok(()) };
+    let Some(key) = key else {
+        return Ok(BTreeMap::new());
+    };
     let hash = request_hash(method.as_str(), path, body);
     let lease = state.request_timeout + Duration::from_secs(30);
     match claim(state.engine.store.pool(), &principal.id, key, &hash, lease).await {
-        Ok(Claimed::Fresh) => Ok(()),
+        Ok(Claimed::Fresh { done }) => Ok(done),
         Ok(Claimed::Replay { status, body }) => match authorized().await {
             Ok(()) => Err(replay(status, body)),
             Err(problem) => Err(problem.into_response()),
@@ -123,8 +126,12 @@ pub const RETENTION: &str = "24 hours";
 type StoredKey = (Vec<u8>, Option<i16>, Option<Vec<u8>>);
 
 pub enum Claimed {
-    /// The key is ours: run the command.
-    Fresh,
+    /// The key is ours: run the command. `done` holds the results of the
+    /// items of a batch that an earlier holder committed before it died
+    /// (by the item's index): they are not run again.
+    Fresh {
+        done: BTreeMap<usize, serde_json::Value>,
+    },
     /// The first answer, to send again byte for byte.
     Replay { status: u16, body: Vec<u8> },
     /// The key was used with another request.
@@ -157,16 +164,20 @@ pub async fn claim(
     lease: Duration,
 ) -> anyhow::Result<Claimed> {
     for _ in 0..3 {
-        let won: Option<bool> = sqlx::query_scalar(
+        // An expired key starts afresh; a lapsed lease on the same request
+        // is taken over with the batch items its holder committed.
+        let won: Option<(Option<serde_json::Value>,)> = sqlx::query_as(
             "INSERT INTO idempotency_keys (principal, key, request_hash, lease_until) \
              VALUES ($1, $2, $3, now() + make_interval(secs => $4)) \
              ON CONFLICT (principal, key) DO UPDATE \
                SET request_hash = EXCLUDED.request_hash, status = NULL, body = NULL, \
+                   progress = CASE WHEN idempotency_keys.created_at < now() - interval '24 hours' \
+                                   THEN NULL ELSE idempotency_keys.progress END, \
                    created_at = now(), lease_until = EXCLUDED.lease_until \
                WHERE idempotency_keys.created_at < now() - interval '24 hours' \
                   OR (idempotency_keys.status IS NULL AND idempotency_keys.lease_until < now() \
                       AND idempotency_keys.request_hash = EXCLUDED.request_hash) \
-             RETURNING true",
+             RETURNING progress",
         )
         .bind(principal)
         .bind(key)
@@ -175,8 +186,10 @@ pub async fn claim(
         .fetch_optional(pool)
         .await
         .context("claiming an idempotency key")?;
-        if won.is_some() {
-            return Ok(Claimed::Fresh);
+        if let Some((progress,)) = won {
+            return Ok(Claimed::Fresh {
+                done: items_done(progress),
+            });
         }
         let row: Option<StoredKey> = sqlx::query_as(
             "SELECT request_hash, status, body FROM idempotency_keys WHERE principal = $1 AND key = $2",
@@ -223,10 +236,27 @@ async fn complete(
     Ok(())
 }
 
-/// Forgets a claim after a fault, so that a retry runs the command again.
+/// The journaled results of a batch's items, by index.
+fn items_done(progress: Option<serde_json::Value>) -> BTreeMap<usize, serde_json::Value> {
+    let Some(serde_json::Value::Object(items)) = progress else {
+        return BTreeMap::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|(index, result)| Some((index.parse().ok()?, result)))
+        .collect()
+}
+
+/// Gives a claim up after a fault, so that a retry runs the command again:
+/// the key is forgotten, or, when batch items were committed under it, its
+/// lease ends now (a retry resumes the batch).
 async fn release(pool: &PgPool, principal: &str, key: &str) -> anyhow::Result<()> {
     sqlx::query(
-        "DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND status IS NULL",
+        "WITH forgotten AS ( \
+           DELETE FROM idempotency_keys \
+           WHERE principal = $1 AND key = $2 AND status IS NULL AND progress IS NULL \
+         ) UPDATE idempotency_keys SET lease_until = now() \
+           WHERE principal = $1 AND key = $2 AND status IS NULL AND progress IS NOT NULL",
     )
     .bind(principal)
     .bind(key)

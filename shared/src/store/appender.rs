@@ -393,6 +393,12 @@ async fn insert_all(conn: &mut PgConnection, rows: &Rows) -> sqlx::Result<()> {
            UPDATE idempotency_keys k SET status = u.s, body = u.b \
            FROM unnest($21::text[], $22::text[], $23::int2[], $24::bytea[]) AS u(p, k, s, b) \
            WHERE k.principal = u.p AND k.key = u.k \
+         ), items AS ( \
+           UPDATE idempotency_keys k SET progress = coalesce(k.progress, '{}'::jsonb) || u.items \
+           FROM (SELECT p, k, jsonb_object_agg(i::text, r::jsonb) AS items \
+                 FROM unnest($25::text[], $26::text[], $27::int4[], $28::text[]) AS u(p, k, i, r) \
+                 GROUP BY p, k) AS u \
+           WHERE k.principal = u.p AND k.key = u.k \
          ) SELECT 1",
     )
     .bind(&events.position)
@@ -419,6 +425,10 @@ async fn insert_all(conn: &mut PgConnection, rows: &Rows) -> sqlx::Result<()> {
     .bind(&completions.key)
     .bind(&completions.status)
     .bind(&completions.body)
+    .bind(&completions.item_principal)
+    .bind(&completions.item_key)
+    .bind(&completions.item_index)
+    .bind(&completions.item_result)
     .execute(conn)
     .await
     .map(|_| ())
@@ -531,13 +541,30 @@ struct CompletionRows {
     key: Vec<String>,
     status: Vec<i16>,
     body: Vec<Vec<u8>>,
+    item_principal: Vec<String>,
+    item_key: Vec<String>,
+    item_index: Vec<i32>,
+    item_result: Vec<String>,
 }
 
 impl CompletionRows {
     fn push(&mut self, done: &IdempotencyCompletion, body: Vec<u8>) {
-        self.principal.push(done.principal.clone());
-        self.key.push(done.key.clone());
-        self.status.push(i16::try_from(done.status).unwrap_or(200));
-        self.body.push(body);
+        match done.item {
+            None => {
+                self.principal.push(done.principal.clone());
+                self.key.push(done.key.clone());
+                self.status.push(i16::try_from(done.status).unwrap_or(200));
+                self.body.push(body);
+            }
+            Some(index) => {
+                self.item_principal.push(done.principal.clone());
+                self.item_key.push(done.key.clone());
+                self.item_index
+                    .push(i32::try_from(index).unwrap_or(i32::MAX));
+                // The caller's body function makes JSON text.
+                self.item_result
+                    .push(String::from_utf8_lossy(&body).into_owned());
+            }
+        }
     }
 }

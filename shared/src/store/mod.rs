@@ -28,16 +28,20 @@ pub use reader::{event_from_row, EVENT_COLUMNS};
 /// (`'research'` in ASCII, as a number).
 pub const APPEND_LOCK_KEY: i64 = 0x7265_7365_6172_6368;
 
-/// The answer of a single command, stored with its idempotency key in the
-/// same transaction as its events.
+/// What a request's `Idempotency-Key` keeps of it, stored in the same
+/// transaction as its events: the answer of a single command, or the result
+/// of one item of a batch (journaled, so that a retry after a crash resumes
+/// the batch instead of running it again).
 #[derive(Debug, Clone)]
 pub struct IdempotencyCompletion {
     pub principal: String,
     pub key: String,
     pub status: u16,
-    /// Makes the answer's body from what the request wrote: the aggregate,
-    /// its new version and the position of its last event (known only
-    /// inside the append transaction).
+    /// `None`: the request's whole answer; `Some(i)`: item `i` of a batch.
+    pub item: Option<usize>,
+    /// Makes the answer's body (or the item's result) from what the request
+    /// wrote: the aggregate, its new version and the position of its last
+    /// event (known only inside the append transaction).
     pub body: fn(aggregate_id: Uuid, version: i64, position: i64) -> Vec<u8>,
 }
 

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use serde_json::json;
+use serde_json::{json, Value};
 use shared::store::EventStore;
 use tests::{command_config, CommandApi};
+use uuid::Uuid;
 
 use crate::env::{first_row, Env};
 use crate::store::assert_chain;
@@ -212,7 +213,10 @@ async fn an_idempotency_key_in_flight_is_409_and_runs_once() {
         command_api::idempotency::claim(&pool, "alice", "held", &hash, Duration::from_secs(60))
             .await
             .unwrap();
-    assert!(matches!(claimed, command_api::idempotency::Claimed::Fresh));
+    assert!(matches!(
+        claimed,
+        command_api::idempotency::Claimed::Fresh { ref done } if done.is_empty()
+    ));
     let p = env
         .api
         .post_with(&path, &env.writer, &body, &[("idempotency-key", "held")])
@@ -240,4 +244,83 @@ async fn an_idempotency_key_in_flight_is_409_and_runs_once() {
             .await
             .unwrap();
     assert_eq!(count, 1, "the burst recorded one observation");
+}
+
+/// A batch's process dies after its items committed but before its answer
+/// was stored (simulated by taking the stored answer away and letting the
+/// lease lapse): a retry with the same key resumes it from the items
+/// journaled with their events, and nothing runs twice.
+#[tokio::test]
+async fn a_batch_whose_answer_was_lost_is_resumed_not_run_twice() {
+    let env = Env::start().await;
+    let study = env.study().await;
+    let pool = env.db.pool().await;
+    // Server-made ids: running an item twice would register a second
+    // subject rather than fail.
+    let batch = json!({"commands": [
+        {"type": "RegisterSubject", "target": study, "label": "N90A1", "attributes": {}},
+        {"type": "RegisterSubject", "target": Uuid::now_v7(), "label": "N90A2", "attributes": {}},
+        {"type": "RegisterSubject", "target": study, "label": "N90A3", "attributes": {}},
+    ]});
+    let key = [("idempotency-key", "batch-resume-1")];
+    let first = env
+        .api
+        .post_with("/v1/commands", &env.writer, &batch, &key)
+        .await;
+    assert_eq!(first.status, 200);
+    let first_results = first.json()["results"].clone();
+    assert_eq!(first_results[0]["status"], 201);
+    assert_eq!(first_results[1]["status"], 404);
+    assert_eq!(first_results[2]["status"], 201);
+
+    // The committed items were journaled with their events.
+    let progress: Value = sqlx::query_scalar(
+        "SELECT progress FROM idempotency_keys WHERE principal = 'alice' AND key = 'batch-resume-1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(progress["0"], first_results[0]);
+    assert_eq!(progress["2"], first_results[2]);
+    assert!(progress.get("1").is_none(), "a refusal wrote no event");
+
+    // The process "dies" before storing the answer.
+    sqlx::query(
+        "UPDATE idempotency_keys SET status = NULL, body = NULL, lease_until = now() - interval '1 second' \
+         WHERE principal = 'alice' AND key = 'batch-resume-1'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let retry = env
+        .api
+        .post_with("/v1/commands", &env.writer, &batch, &key)
+        .await;
+    assert_eq!(retry.status, 200);
+    assert_eq!(
+        retry.header("idempotent-replayed"),
+        None,
+        "it ran (resumed), it did not replay"
+    );
+    let retried = retry.json()["results"].clone();
+    assert_eq!(
+        retried[0], first_results[0],
+        "the same subject, not a second"
+    );
+    assert_eq!(retried[2], first_results[2]);
+    assert_eq!(retried[1]["status"], 404);
+    let subjects: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'subject'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(subjects, 2, "each subject was registered once");
+
+    // Now the answer is stored, and replays byte for byte.
+    let replayed = env
+        .api
+        .post_with("/v1/commands", &env.writer, &batch, &key)
+        .await;
+    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replayed.bytes, retry.bytes);
 }
