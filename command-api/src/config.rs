@@ -71,9 +71,11 @@ pub struct Config {
     #[arg(long, env = "COMMAND_API_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
-    /// Aggregate states kept in memory for deciding commands.
-    #[arg(long, env = "COMMAND_API_STATE_CACHE", default_value_t = 200_000)]
-    pub state_cache: usize,
+    /// Bytes of aggregate states kept in memory for deciding commands
+    /// (estimated); studies, subjects and recently read observations are
+    /// kept first.
+    #[arg(long, env = "COMMAND_API_STATE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub state_cache_bytes: usize,
 
     /// Most append requests written in one transaction.
     #[arg(long, env = "COMMAND_API_MAX_APPEND_BATCH", default_value_t = 2000)]

@@ -85,10 +85,10 @@ enum Step {
 type Overlay = HashMap<Uuid, Cached>;
 
 impl Engine {
-    pub fn new(store: EventStore, cache_capacity: usize, nats: Option<async_nats::Client>) -> Self {
+    pub fn new(store: EventStore, cache_bytes: usize, nats: Option<async_nats::Client>) -> Self {
         Self {
             store,
-            cache: StateCache::new(cache_capacity),
+            cache: StateCache::new(cache_bytes),
             nats,
             max_payload: AtomicUsize::new(0),
             asked_at: AtomicU64::new(u64::MAX),
@@ -230,7 +230,7 @@ impl Engine {
         match outcome {
             Ok(appended) => self.remember(command, meta, prepared, &appended).map(Some),
             Err(AppendError::Conflict { aggregate_id, .. }) => {
-                let current = self.lookup(aggregate_id, true, None).await?;
+                let (current, _) = self.lookup(aggregate_id, true, None).await?;
                 let current_version = current.as_ref().map_or(0, Cached::version);
                 if let Some(expected) = meta.if_match {
                     if expected != current_version {
@@ -423,6 +423,7 @@ impl Engine {
                 Some((_, id)) => self
                     .lookup(id, false, None)
                     .await?
+                    .0
                     .map(|c| c.state.study_id()),
                 None => None,
             },
@@ -441,9 +442,7 @@ impl Engine {
         fresh: bool,
         overlay: Option<&Overlay>,
     ) -> Result<(Option<Cached>, bool), ApiError> {
-        let from_memory = !fresh
-            && (overlay.is_some_and(|o| o.contains_key(&id)) || self.cache.get(id).is_some());
-        let found = self.lookup(id, fresh, overlay).await?;
+        let (found, from_memory) = self.lookup(id, fresh, overlay).await?;
         match found {
             Some(c) if c.state.kind() != kind => {
                 if creating {
@@ -457,19 +456,19 @@ impl Engine {
     }
 
     /// The state of one aggregate: from the batch overlay, then memory, then
-    /// its events in PostgreSQL.
+    /// its events in PostgreSQL; and whether it came from memory.
     async fn lookup(
         &self,
         id: Uuid,
         fresh: bool,
         overlay: Option<&Overlay>,
-    ) -> Result<Option<Cached>, ApiError> {
+    ) -> Result<(Option<Cached>, bool), ApiError> {
         if let Some(c) = overlay.and_then(|o| o.get(&id)) {
-            return Ok(Some(c.clone()));
+            return Ok((Some(c.clone()), !fresh));
         }
         if !fresh {
             if let Some(c) = self.cache.get(id) {
-                return Ok(Some(c));
+                return Ok((Some(c), true));
             }
         }
         metrics::counter!("command_state_loads_total").increment(1);
@@ -492,14 +491,14 @@ impl Engine {
         }
         let Some(state) = state else {
             self.cache.remove(id);
-            return Ok(None);
+            return Ok((None, false));
         };
         let cached = Cached {
             state: Arc::new(state),
             last_at: last_at.unwrap_or_else(Utc::now),
         };
         self.cache.put(id, cached.clone());
-        Ok(Some(cached))
+        Ok((Some(cached), false))
     }
 }
 

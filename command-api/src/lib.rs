@@ -134,7 +134,7 @@ impl App {
             stop_background.clone(),
         ));
         let state = Arc::new(AppState {
-            engine: Engine::new(store, config.state_cache, Some(nats.clone())),
+            engine: Engine::new(store, config.state_cache_bytes, Some(nats.clone())),
             auth: config.tokens.authenticator(),
             nats,
             publishing,

@@ -2,11 +2,20 @@
 //! decided without reading PostgreSQL. A stale entry is safe: the append's
 //! expected-version check rejects a decision made on it, and the command is
 //! retried on a fresh load.
+//!
+//! Bounded in bytes (each state's heap is estimated when it is put), with a
+//! CLOCK sweep: an entry read since the hand last passed it survives one
+//! more turn. Studies and subjects, which every command on their records
+//! reads, enter marked as read; an observation enters unmarked, so the
+//! observations written once and never touched again are the first to go,
+//! and one corrected or signed lately stays.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::mem::size_of;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 use shared::domain::AggregateState;
 use uuid::Uuid;
 
@@ -23,67 +32,202 @@ impl Cached {
     }
 }
 
-/// A bounded map. When full, an arbitrary eighth of the entries is dropped:
-/// eviction only costs a reload, so no recency bookkeeping is kept on the
-/// hot path.
+struct Slot {
+    cached: Cached,
+    bytes: usize,
+    /// Read since the clock hand last passed.
+    referenced: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    slots: HashMap<Uuid, Slot>,
+    /// The clock: every id in `slots` once, in the order the hand visits
+    /// them (an id may also linger here after its removal; it is skipped).
+    clock: VecDeque<Uuid>,
+    bytes: usize,
+}
+
 pub struct StateCache {
-    entries: Mutex<HashMap<Uuid, Cached>>,
-    capacity: usize,
+    inner: Mutex<Inner>,
+    budget: usize,
 }
 
 impl StateCache {
-    pub fn new(capacity: usize) -> Self {
+    /// A cache of at most `budget` bytes of states (estimated).
+    pub fn new(budget: usize) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
-            capacity: capacity.max(16),
+            inner: Mutex::new(Inner::default()),
+            budget: budget.max(64 * 1024),
         }
     }
 
     pub fn get(&self, id: Uuid) -> Option<Cached> {
-        self.lock().get(&id).cloned()
+        let found = self.lock().slots.get_mut(&id).map(|slot| {
+            slot.referenced = true;
+            slot.cached.clone()
+        });
+        let outcome = if found.is_some() { "hit" } else { "miss" };
+        metrics::counter!("command_state_cache_lookups_total", "outcome" => outcome).increment(1);
+        found
     }
 
     /// Keeps `entry` unless a newer version is already cached.
     pub fn put(&self, id: Uuid, entry: Cached) {
-        let mut entries = self.lock();
-        if entries
-            .get(&id)
-            .is_some_and(|c| c.version() >= entry.version())
-        {
-            return;
-        }
-        if entries.len() >= self.capacity {
-            let drop: Vec<Uuid> = entries.keys().take(self.capacity / 8).copied().collect();
-            for key in drop {
-                entries.remove(&key);
+        let bytes = weight(&entry.state);
+        let mut inner = self.lock();
+        let referenced = !matches!(*entry.state, AggregateState::Observation(_));
+        match inner.slots.get_mut(&id) {
+            Some(slot) if slot.cached.version() >= entry.version() => return,
+            Some(slot) => {
+                let old = std::mem::replace(&mut slot.bytes, bytes);
+                slot.cached = entry;
+                slot.referenced |= referenced;
+                inner.bytes = inner.bytes - old + bytes;
+            }
+            None => {
+                inner.slots.insert(
+                    id,
+                    Slot {
+                        cached: entry,
+                        bytes,
+                        referenced,
+                    },
+                );
+                inner.clock.push_back(id);
+                inner.bytes += bytes;
             }
         }
-        entries.insert(id, entry);
+        inner.evict(self.budget);
+        metrics::gauge!("command_state_cache_bytes").set(inner.bytes as f64);
+        metrics::gauge!("command_state_cache_entries").set(inner.slots.len() as f64);
     }
 
     pub fn remove(&self, id: Uuid) {
-        self.lock().remove(&id);
+        let mut inner = self.lock();
+        if let Some(slot) = inner.slots.remove(&id) {
+            inner.bytes -= slot.bytes;
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Cached>> {
+    /// The estimated bytes held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-written map.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    /// Moves the clock hand until the states fit in `budget`: a referenced
+    /// entry loses its mark and goes round again, an unmarked one goes.
+    fn evict(&mut self, budget: usize) {
+        // Two turns at most: the first clears every mark.
+        let mut steps = 2 * self.clock.len();
+        while self.bytes > budget && steps > 0 {
+            steps -= 1;
+            let Some(id) = self.clock.pop_front() else {
+                break;
+            };
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue; // removed earlier
+            };
+            if slot.referenced {
+                slot.referenced = false;
+                self.clock.push_back(id);
+            } else if let Some(slot) = self.slots.remove(&id) {
+                self.bytes -= slot.bytes;
+            }
+        }
+        // Ids removed by `remove` linger in the clock; drop them when they
+        // outnumber the live ones.
+        if self.clock.len() > 2 * self.slots.len() + 1024 {
+            let slots = &self.slots;
+            self.clock.retain(|id| slots.contains_key(id));
+        }
+    }
+}
+
+/// What an entry takes: the map's slot, the clock's id, the `Arc`, and an
+/// estimate of the state's heap (strings, maps and vectors by their
+/// lengths plus a fixed overhead per node).
+fn weight(state: &AggregateState) -> usize {
+    const ENTRY: usize = size_of::<Uuid>() * 2 + size_of::<Slot>() + 64;
+    let heap = match state {
+        AggregateState::Study(s) => {
+            s.title.len()
+                + s.principal_investigator.len()
+                + s.description.as_ref().map_or(0, String::len)
+                + s.variables
+                    .iter()
+                    .map(|v| {
+                        96 + v.name.as_str().len()
+                            + v.unit.as_ref().map_or(0, String::len)
+                            + v.categories
+                                .as_ref()
+                                .map_or(0, |c| c.iter().map(|c| 24 + c.len()).sum())
+                    })
+                    .sum::<usize>()
+        }
+        AggregateState::Subject(s) => {
+            s.label.len()
+                + s.attributes
+                    .iter()
+                    .map(|(k, v)| 64 + k.len() + value_weight(v))
+                    .sum::<usize>()
+        }
+        AggregateState::Observation(o) => {
+            let values = |m: &std::collections::BTreeMap<String, Value>| {
+                m.iter()
+                    .map(|(k, v)| 64 + k.len() + value_weight(v))
+                    .sum::<usize>()
+            };
+            values(&o.values)
+                + values(&o.original_values)
+                + o.comment.as_ref().map_or(0, String::len)
+                + o.recorded_by.len()
+                + o.last_changed_by.len()
+                + o.last_change_reason.as_ref().map_or(0, String::len)
+                + o.authors.iter().map(|a| 24 + a.len()).sum::<usize>()
+                + o.signatures
+                    .iter()
+                    .map(|s| 64 + s.signer.len())
+                    .sum::<usize>()
+        }
+    };
+    ENTRY + size_of::<AggregateState>() + heap
+}
+
+fn value_weight(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(|v| 32 + value_weight(v)).sum(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| 64 + k.len() + value_weight(v))
+            .sum(),
+        _ => 0,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use chrono::Utc;
-    use serde_json::Map;
-    use shared::domain::{SubjectState, SubjectStatus};
+    use serde_json::{json, Map};
+    use shared::domain::{ObservationState, ObservationStatus, SubjectState, SubjectStatus};
 
     use super::*;
 
@@ -101,9 +245,49 @@ mod tests {
         }
     }
 
+    /// An observation of the nine penguin variables.
+    fn observation() -> Cached {
+        let values: BTreeMap<String, Value> = [
+            ("culmen_length_mm", json!(39.1)),
+            ("culmen_depth_mm", json!(18.7)),
+            ("flipper_length_mm", json!(181)),
+            ("body_mass_g", json!(3750)),
+            ("sex", json!("MALE")),
+            ("delta_15n", Value::Null),
+            ("delta_13c", Value::Null),
+            ("clutch_completion", json!(true)),
+            ("egg_date", json!("2007-11-11")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Cached {
+            state: Arc::new(AggregateState::Observation(ObservationState {
+                id: Uuid::nil(),
+                study_id: Uuid::nil(),
+                subject_id: Uuid::nil(),
+                observed_at: Utc::now(),
+                values: values.clone(),
+                original_values: values,
+                comment: None,
+                status: ObservationStatus::Recorded,
+                corrections: 0,
+                signatures: Vec::new(),
+                recorded_by: "alice".into(),
+                recorded_at: Utc::now(),
+                authors: vec!["alice".into()],
+                last_changed_by: "alice".into(),
+                last_changed_at: Utc::now(),
+                last_change_reason: None,
+                version: 1,
+            })),
+            last_at: Utc::now(),
+        }
+    }
+
     #[test]
     fn an_older_version_never_replaces_a_newer_one() {
-        let cache = StateCache::new(100);
+        let cache = StateCache::new(1 << 20);
         let id = Uuid::now_v7();
         cache.put(id, subject(3));
         cache.put(id, subject(2));
@@ -113,12 +297,49 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_stays_within_its_capacity() {
-        let cache = StateCache::new(64);
-        for _ in 0..1000 {
-            cache.put(Uuid::now_v7(), subject(1));
+    fn the_cache_stays_within_its_bytes() {
+        let budget = 256 * 1024;
+        let cache = StateCache::new(budget);
+        for _ in 0..10_000 {
+            cache.put(Uuid::now_v7(), observation());
+            assert!(cache.bytes() <= budget);
         }
-        assert!(cache.len() <= 64);
-        assert!(!cache.is_empty());
+        assert!(cache.len() > 100, "it holds what fits: {}", cache.len());
+        let mut removed = 0;
+        let ids: Vec<Uuid> = cache.lock().slots.keys().copied().collect();
+        for id in ids {
+            cache.remove(id);
+            removed += 1;
+        }
+        assert_eq!(cache.bytes(), 0, "{removed} removed, every byte given back");
+    }
+
+    #[test]
+    fn subjects_and_lately_read_observations_outlive_a_flood_of_new_observations() {
+        let cache = StateCache::new(256 * 1024);
+        let subjects: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+        for id in &subjects {
+            cache.put(*id, subject(1));
+        }
+        let corrected = Uuid::now_v7();
+        cache.put(corrected, observation());
+        let mut newest = Vec::new();
+        for round in 0..20_000 {
+            let id = Uuid::now_v7();
+            cache.put(id, observation());
+            newest.push(id);
+            // Commands read their subject, and one observation is being
+            // corrected and signed now and then (more often than the
+            // cache turns over).
+            cache.get(subjects[round % subjects.len()]);
+            if round % 50 == 0 {
+                cache.get(corrected);
+            }
+        }
+        assert!(subjects.iter().all(|id| cache.get(*id).is_some()));
+        assert!(cache.get(corrected).is_some());
+        // New observations leave in the order they came: the latest stay.
+        assert!(newest.iter().rev().take(20).all(|id| cache.get(*id).is_some()));
+        assert!(cache.get(newest[0]).is_none());
     }
 }

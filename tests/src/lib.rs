@@ -210,7 +210,7 @@ pub fn command_config(db: &TestDb, stream: &TestStream) -> Config {
         },
         tokens: shared::config::TokenSettings::with_secret(SECRET),
         request_timeout: Duration::from_secs(30),
-        state_cache: 10_000,
+        state_cache_bytes: 8 * 1024 * 1024,
         max_append_batch: 2000,
         appender_connections: 2,
     }
