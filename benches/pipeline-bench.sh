@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# The whole write pipeline's cost per event, in one run on this machine:
+#   raw baseline: pgbench inserting one event-like row per transaction into a
+#                 copy of `events`, at CLIENTS clients;
+#   service:      research-bench recording real weather observations through
+#                 the command API at CLIENTS connections, with the projector
+#                 running live and warming Redis (the hot standby replays
+#                 the WAL as always).
+# Per run: throughput; CPU of the whole machine per event (/proc/stat) and
+# WAL per event (pg_current_wal_lsn), each with the baseline's per row; how
+# long the projection took to reach the last event after the load stopped;
+# resident memory (now and peak) of the command API and the projector; the
+# updates of read-table rows that were HOT; the read tables' size against
+# the events'.
+#
+# Several builds can be compared in one run, interleaved round by round:
+# VARIANTS="new=/path/to/release old=/path/to/other/release" (default: this
+# tree's release build as "new"). Every run has a database, a stream and a
+# Redis prefix of its own.
+# Settings: CLIENTS (16), SECONDS_PER_RUN (15), ROUNDS (2).
+set -euo pipefail
+source "$(dirname "$0")/../scripts/common.sh"
+load_env
+CLIENTS=${CLIENTS:-16}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-15}
+ROUNDS=${ROUNDS:-2}
+API_PORT=${API_PORT:-18081}
+PROJECTOR_PORT=${PROJECTOR_PORT:-18083}
+
+scripts/infra.sh >/dev/null
+echo "[bench] building (release)"
+cargo build --release --bins --quiet
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+VARIANTS=${VARIANTS:-new=$BIN}
+export PGPASSWORD=$DB_PASSWORD
+PSQL=(psql -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -v ON_ERROR_STOP=1 -Atq)
+SERVICE_PASSWORD=${SERVICE_DB_PASSWORD:-$DB_PASSWORD}
+WORK=$(mktemp -d)
+PIDS=()
+CURRENT_DB=
+CURRENT_STREAM=
+cleanup() {
+    stop_services
+    [ -n "$CURRENT_DB" ] && "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $CURRENT_DB WITH (FORCE)" || true
+    [ -n "$CURRENT_STREAM" ] && "$BIN/research-bench" drop-stream "$CURRENT_STREAM" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+stop_services() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
+wait_ready() {
+    for _ in $(seq 1 60); do curl -fsS "$1" >/dev/null 2>&1 && return; sleep 0.5; done
+    echo "[bench] $1 did not become ready" >&2
+    exit 1
+}
+# Busy jiffies of the whole machine (every process, kernel included).
+busy_jiffies() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+wal_lsn() { "${PSQL[@]}" -d postgres -c "SELECT pg_current_wal_lsn()"; }
+wal_bytes() { "${PSQL[@]}" -d postgres -c "SELECT pg_wal_lsn_diff('$2', '$1')"; }
+rss_mb() { awk '/^'"$2"':/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+HZ=$(getconf CLK_TCK)
+per_event_us() { python3 -c "print(round(($2 - $1) / $HZ * 1e6 / max($3, 1)))"; }
+
+# The baseline: one event-like row per transaction, like write-bench.sh.
+baseline() {
+    local db=bench_pipe_raw_$(date +%s)
+    CURRENT_DB=$db
+    "${PSQL[@]}" -d postgres -c "CREATE DATABASE $db"
+    "${PSQL[@]}" -d "$db" -c "CREATE TABLE bench_events (position bigint PRIMARY KEY, event_id uuid NOT NULL UNIQUE,
+        aggregate_type text NOT NULL, aggregate_id uuid NOT NULL, stream_version bigint NOT NULL, study_id uuid NOT NULL,
+        event_type text NOT NULL, schema_version smallint NOT NULL, data json NOT NULL, actor text NOT NULL, reason text,
+        correlation_id text NOT NULL, causation_id text NOT NULL, recorded_at timestamptz NOT NULL,
+        prevhash bytea NOT NULL, hash bytea NOT NULL, UNIQUE (aggregate_id, stream_version));
+        CREATE INDEX ON bench_events (study_id, position); CREATE SEQUENCE bench_seq"
+    cat >"$WORK/insert.sql" <<'SQL'
+INSERT INTO bench_events (position, event_id, aggregate_type, aggregate_id, stream_version, study_id, event_type,
+  schema_version, data, actor, reason, correlation_id, causation_id, recorded_at, prevhash, hash)
+VALUES (nextval('bench_seq'), gen_random_uuid(), 'observation', gen_random_uuid(), 1, gen_random_uuid(),
+  'research.observation.recorded.v1', 1,
+  '{"comment":null,"observation_id":"0192f0c1-0000-7000-8000-000000000001","observed_at":"2013-01-01T06:00:00Z","study_id":"0192f0c1-0000-7000-8000-000000000002","subject_id":"0192f0c1-0000-7000-8000-000000000003","values":{"dewpoint_f":26.06,"humidity_pct":59.37,"precip_in":0.0,"pressure_mbar":1012.0,"temp_f":39.02,"visibility_mi":10.0,"wind_dir_deg":270.0,"wind_gust_mph":null,"wind_speed_mph":10.357019999999999}}',
+  'bench', NULL, 'bench', 'bench', now(), decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'));
+SQL
+    local cpu0 wal0 cpu1 wal1 rows
+    cpu0=$(busy_jiffies); wal0=$(wal_lsn)
+    pgbench -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -n -c "$CLIENTS" -j 2 -T "$SECONDS_PER_RUN" \
+        -f "$WORK/insert.sql" "$db" >/dev/null 2>&1
+    cpu1=$(busy_jiffies); wal1=$(wal_lsn)
+    rows=$("${PSQL[@]}" -d "$db" -c "SELECT count(*) FROM bench_events")
+    printf '%-8s %5s %10.0f %8s %10s %10s %8s %8s %8s %8s %8s %8s\n' pgbench "$ROUND" \
+        "$(python3 -c "print($rows / $SECONDS_PER_RUN)")" - "$(per_event_us "$cpu0" "$cpu1" "$rows")" \
+        "$(python3 -c "print(round($(wal_bytes "$wal0" "$wal1") / $rows))")" - - - - - -
+    "${PSQL[@]}" -d postgres -c "DROP DATABASE $db WITH (FORCE)"
+    CURRENT_DB=
+}
+
+# One run of the service built in $2, named $1.
+service() {
+    local name=$1 bin=$2 id
+    id=$(date +%s)_${name}_$ROUND
+    local db=bench_pipe_$id stream=BENCH_PIPE_${id^^} prefix=benchpipe$id
+    CURRENT_DB=$db CURRENT_STREAM=$stream
+    "${PSQL[@]}" -d postgres -c "CREATE DATABASE $db"
+    local owner="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$PG_PORT/$db"
+    export NATS_STREAM=$stream NATS_SUBJECT_PREFIX=benchpipe$id RUST_LOG=warn
+    MIGRATION_DATABASE_URL=$owner COMMAND_API_ADDR=127.0.0.1:$API_PORT \
+        COMMAND_API_DATABASE_URL="postgres://research_command:$SERVICE_PASSWORD@127.0.0.1:$PG_PORT/$db" \
+        "$bin/command-api" >"$WORK/api.log" 2>&1 &
+    local api_pid=$!
+    PIDS+=("$api_pid")
+    wait_ready "http://127.0.0.1:$API_PORT/readyz"
+    PROJECTOR_ADDR=127.0.0.1:$PROJECTOR_PORT REDIS_PREFIX=$prefix MIGRATION_DATABASE_URL= \
+        PROJECTOR_DATABASE_URL="postgres://research_projector:$SERVICE_PASSWORD@127.0.0.1:$PG_PORT/$db" \
+        "$bin/projector" >"$WORK/projector.log" 2>&1 &
+    local projector_pid=$!
+    PIDS+=("$projector_pid")
+    wait_ready "http://127.0.0.1:$PROJECTOR_PORT/readyz"
+    local token cpu0 wal0 cpu1 wal1 out events caught_up
+    token=$("$BIN/mint-token" --sub bench --roles writer)
+    local before
+    before=$("${PSQL[@]}" -d "$db" -c "SELECT coalesce(max(position), 0) FROM events")
+    cpu0=$(busy_jiffies); wal0=$(wal_lsn)
+    out=$("$BIN/research-bench" write --api "http://127.0.0.1:$API_PORT" --token "$token" \
+        --connections "$CLIENTS" --seconds "$SECONDS_PER_RUN" --json)
+    local ended
+    ended=$(date +%s.%N)
+    # The projection reaching the last event, after the load stopped.
+    local head
+    head=$("${PSQL[@]}" -d "$db" -c "SELECT max(position) FROM events")
+    for _ in $(seq 1 600); do
+        [ "$("${PSQL[@]}" -d "$db" -c "SELECT position FROM read_model.checkpoint")" -ge "$head" ] && break
+        sleep 0.05
+    done
+    caught_up=$(python3 -c "import time; print(f'{time.time() - $ended:.2f}')")
+    cpu1=$(busy_jiffies); wal1=$(wal_lsn)
+    events=$(( head - before ))
+    local api_rss api_peak projector_rss hot sizes
+    api_rss=$(rss_mb "$api_pid" VmRSS); api_peak=$(rss_mb "$api_pid" VmHWM)
+    projector_rss=$(rss_mb "$projector_pid" VmHWM)
+    sleep 1
+    hot=$("${PSQL[@]}" -d "$db" -c "SELECT round(100.0 * sum(n_tup_hot_upd) / greatest(sum(n_tup_upd), 1))
+        FROM pg_stat_user_tables WHERE schemaname = 'read_model' AND relname IN ('studies', 'subjects')")
+    sizes=$("${PSQL[@]}" -d "$db" -c "SELECT round((pg_total_relation_size('read_model.observations')
+        + pg_total_relation_size('read_model.subjects') + pg_total_relation_size('read_model.studies'))::numeric
+        / pg_total_relation_size('events'), 2)")
+    printf '%-8s %5s %10.0f %8.1f %10s %10s %8s %8s %8s %8s %8s %8s\n' "$name" "$ROUND" \
+        "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['rate'])" "$out")" \
+        "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['p99_ms'])" "$out")" \
+        "$(per_event_us "$cpu0" "$cpu1" "$events")" \
+        "$(python3 -c "print(round($(wal_bytes "$wal0" "$wal1") / $events))")" \
+        "$caught_up" "$api_rss" "$api_peak" "$projector_rss" "$hot" "$sizes"
+    stop_services
+    "${PSQL[@]}" -d postgres -c "DROP DATABASE $db WITH (FORCE)"
+    "$BIN/research-bench" drop-stream "$stream" >/dev/null 2>&1 || true
+    redis-cli -p "${REDIS_PORT:-6379}" --scan --pattern "$prefix:*" | xargs -r redis-cli -p "${REDIS_PORT:-6379}" DEL >/dev/null
+    CURRENT_DB= CURRENT_STREAM=
+}
+
+printf '\n%-8s %5s %10s %8s %10s %10s %8s %8s %8s %8s %8s %8s\n' build round "events/s" "p99 ms" "CPU µs/ev" \
+    "WAL B/ev" "catchup" "api MB" "api pk" "proj pk" "HOT %" "rm/ev"
+for ROUND in $(seq 1 "$ROUNDS"); do
+    baseline
+    for variant in $VARIANTS; do
+        service "${variant%%=*}" "${variant#*=}"
+    done
+done
+echo
+echo "CPU µs/ev: busy time of the whole machine per event (pgbench: per row); WAL B/ev likewise;"
+echo "catchup: seconds from the end of the load until the projection held the last event;"
+echo "api MB / api pk: the command API's resident memory at the end and at its peak; proj pk: the projector's peak;"
+echo "HOT %: updates of read_model.studies and .subjects rows that were HOT; rm/ev: read tables' size / events' size."
