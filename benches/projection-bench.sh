@@ -30,13 +30,13 @@ rebuild_s=$(python3 -c "import time; print(time.time() - $started)")
 rebuild_rate=$(python3 -c "print($events / $rebuild_s)")
 
 # The raw baseline: batched upserts of rows shaped like the observation rows
-# the rebuild wrote (same columns, a real document as body and state).
+# the rebuild wrote (same columns, a real document as body).
 "${PSQL[@]}" -d "$DB" -c "CREATE TABLE bench_upsert (LIKE read_model.observations INCLUDING ALL)"
 cat >"$WORK/upsert.sql" <<SQL
-INSERT INTO bench_upsert (id, study_id, subject_id, observed_at, live, "values", state, body, position)
-SELECT gen_random_uuid(), t.study_id, t.subject_id, t.observed_at, true, t."values", t.state, t.body, g
+INSERT INTO bench_upsert (id, study_id, subject_id, observed_at, live, "values", authors, body, position)
+SELECT gen_random_uuid(), t.study_id, t.subject_id, t.observed_at, true, t."values", t.authors, t.body, g
 FROM generate_series(1, 1000) AS g, (SELECT * FROM read_model.observations LIMIT 1) AS t
-ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position;
+ON CONFLICT (id) DO UPDATE SET authors = EXCLUDED.authors, body = EXCLUDED.body, position = EXCLUDED.position;
 SQL
 raw_tps=$(pgbench -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -n -c 1 -j 1 -T "$SECONDS_PER_RUN" -f "$WORK/upsert.sql" "$DB" 2>/dev/null \
     | awk '/^tps = / {print $3}')

@@ -51,16 +51,16 @@ pub async fn load(
         }
     }
     let ids: Vec<Uuid> = observation_ids.into_iter().collect();
-    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(&format!(
-        "SELECT state FROM {schema}.observations WHERE id = ANY($1)"
+    let rows: Vec<(Vec<u8>, sqlx::types::Json<Vec<String>>)> = sqlx::query_as(&format!(
+        "SELECT body, authors FROM {schema}.observations WHERE id = ANY($1)"
     ))
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await
     .context("loading observation views")?;
-    for (state,) in rows {
-        let view: ObservationView =
-            serde_json::from_slice(&state).context("decoding an observation view")?;
+    for (body, authors) in rows {
+        let view = ObservationView::from_document(&body, authors.0)
+            .context("decoding an observation document")?;
         subject_ids.insert(view.state.subject_id);
         views.observations.insert(view.state.id, view);
     }
@@ -328,16 +328,16 @@ async fn store_observations(
         rows.observed_at.push(o.state.observed_at);
         rows.live.push(o.state.is_live());
         rows.values.push(serde_json::to_string(&o.state.values)?);
-        rows.states.push(serde_json::to_vec(o)?);
+        rows.authors.push(serde_json::to_string(&o.state.authors)?);
         rows.bodies.push(o.document());
         rows.positions.push(o.position);
     }
     sqlx::query(
-        &format!("INSERT INTO {schema}.observations (id, study_id, subject_id, observed_at, live, \"values\", state, body, position) \
+        &format!("INSERT INTO {schema}.observations (id, study_id, subject_id, observed_at, live, \"values\", authors, body, position) \
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::bool[], $6::text[]::json[], \
-                              $7::bytea[], $8::bytea[], $9::int8[]) \
+                              $7::text[]::json[], $8::bytea[], $9::int8[]) \
          ON CONFLICT (id) DO UPDATE SET live = EXCLUDED.live, \"values\" = EXCLUDED.\"values\", \
-           state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position"),
+           authors = EXCLUDED.authors, body = EXCLUDED.body, position = EXCLUDED.position"),
     )
     .bind(&rows.ids)
     .bind(&rows.study_ids)
@@ -345,7 +345,7 @@ async fn store_observations(
     .bind(&rows.observed_at)
     .bind(&rows.live)
     .bind(&rows.values)
-    .bind(&rows.states)
+    .bind(&rows.authors)
     .bind(&rows.bodies)
     .bind(&rows.positions)
     .execute(&mut *conn)
@@ -445,7 +445,7 @@ struct ObservationRows {
     observed_at: Vec<DateTime<Utc>>,
     live: Vec<bool>,
     values: Vec<String>,
-    states: Vec<Vec<u8>>,
+    authors: Vec<String>,
     bodies: Vec<Vec<u8>>,
     positions: Vec<i64>,
 }

@@ -633,7 +633,59 @@ struct ObservationDoc<'a> {
     position: i64,
 }
 
+/// The observation document read back: every field of the state but the
+/// authors.
+#[derive(Deserialize)]
+struct StoredObservationDoc {
+    id: Uuid,
+    study_id: Uuid,
+    subject_id: Uuid,
+    observed_at: DateTime<Utc>,
+    values: BTreeMap<String, Value>,
+    original_values: BTreeMap<String, Value>,
+    comment: Option<String>,
+    status: ObservationStatus,
+    corrections: u32,
+    signatures: Vec<crate::domain::Signature>,
+    recorded_by: String,
+    recorded_at: DateTime<Utc>,
+    last_changed_by: String,
+    last_changed_at: DateTime<Utc>,
+    last_change_reason: Option<String>,
+    version: i64,
+    position: i64,
+}
+
 impl ObservationView {
+    /// The view again, from its document and its authors (what a read
+    /// table keeps of an observation): `from_document(v.document(),
+    /// v.state.authors) == v`.
+    pub fn from_document(document: &[u8], authors: Vec<String>) -> serde_json::Result<Self> {
+        let d: StoredObservationDoc = serde_json::from_slice(document)?;
+        Ok(Self {
+            state: ObservationState {
+                id: d.id,
+                study_id: d.study_id,
+                subject_id: d.subject_id,
+                observed_at: d.observed_at,
+                values: d.values,
+                original_values: d.original_values,
+                comment: d.comment,
+                status: d.status,
+                corrections: d.corrections,
+                signatures: d.signatures,
+                recorded_by: d.recorded_by,
+                recorded_at: d.recorded_at,
+                authors,
+                last_changed_by: d.last_changed_by,
+                last_changed_at: d.last_changed_at,
+                last_change_reason: d.last_change_reason,
+                version: d.version,
+            },
+            position: d.position,
+        })
+    }
+
     /// The observation document of the contract, as JSON bytes. This runs
     /// for every event a replay applies, so it serializes straight from the
     /// view rather than through a `Value` tree.

@@ -251,6 +251,11 @@ proptest! {
             }
             let counts = study.observations;
             prop_assert_eq!(counts.total as usize, recorded.len());
+            // What a read table keeps of an observation gives its view back.
+            for view in log.views.observations.values() {
+                let back = ObservationView::from_document(&view.document(), view.state.authors.clone());
+                prop_assert_eq!(back.as_ref().ok(), Some(view));
+            }
         }
     }
 }
