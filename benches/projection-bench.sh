@@ -33,8 +33,8 @@ rebuild_rate=$(python3 -c "print($events / $rebuild_s)")
 # the rebuild wrote (same columns, a real document as body).
 "${PSQL[@]}" -d "$DB" -c "CREATE TABLE bench_upsert (LIKE read_model.observations INCLUDING ALL)"
 cat >"$WORK/upsert.sql" <<SQL
-INSERT INTO bench_upsert (id, study_id, subject_id, observed_at, live, "values", authors, body, position)
-SELECT gen_random_uuid(), t.study_id, t.subject_id, t.observed_at, true, t."values", t.authors, t.body, g
+INSERT INTO bench_upsert (id, study_id, subject_id, observed_at, live, authors, body, position)
+SELECT gen_random_uuid(), t.study_id, t.subject_id, t.observed_at, true, t.authors, t.body, g
 FROM generate_series(1, 1000) AS g, (SELECT * FROM read_model.observations LIMIT 1) AS t
 ON CONFLICT (id) DO UPDATE SET authors = EXCLUDED.authors, body = EXCLUDED.body, position = EXCLUDED.position;
 SQL

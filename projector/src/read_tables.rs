@@ -131,6 +131,10 @@ pub async fn resolve(
     Ok(())
 }
 
+/// The values of a stored observation, read from its document (only when a
+/// minimum, maximum or latest value must be found again).
+const DOCUMENT_VALUES: &str = "(convert_from(body, 'UTF8')::json -> 'values')";
+
 /// The values of `variable` in the stored live observations of `owner`,
 /// but for those held in memory.
 async fn stored_values(
@@ -141,8 +145,9 @@ async fn stored_values(
     in_memory: &[Uuid],
 ) -> anyhow::Result<Vec<Value>> {
     let rows: Vec<(Value,)> = sqlx::query_as(&format!(
-        "SELECT \"values\" -> $2 FROM {schema}.observations \
-         WHERE {} = $1 AND live AND \"values\" -> $2 IS NOT NULL AND NOT (id = ANY($3))",
+        "SELECT v FROM (SELECT {DOCUMENT_VALUES} -> $2 AS v FROM {schema}.observations \
+                        WHERE {} = $1 AND live AND NOT (id = ANY($3))) AS o \
+         WHERE v IS NOT NULL",
         owner.column()
     ))
     .bind(owner.id())
@@ -164,9 +169,10 @@ async fn stored_latest(
     in_memory: &[Uuid],
 ) -> anyhow::Result<Option<Latest>> {
     let stored: Option<(Uuid, DateTime<Utc>, Value)> = sqlx::query_as(&format!(
-        "SELECT id, observed_at, \"values\" -> $2 FROM {schema}.observations \
-         WHERE subject_id = $1 AND live AND json_typeof(\"values\" -> $2) <> 'null' \
-           AND NOT (id = ANY($3)) \
+        "SELECT id, observed_at, v FROM (SELECT id, observed_at, {DOCUMENT_VALUES} -> $2 AS v \
+                                         FROM {schema}.observations \
+                                         WHERE subject_id = $1 AND live AND NOT (id = ANY($3))) AS o \
+         WHERE json_typeof(v) <> 'null' \
          ORDER BY observed_at DESC, id DESC LIMIT 1"
     ))
     .bind(subject_id)
@@ -327,16 +333,15 @@ async fn store_observations(
         rows.subject_ids.push(o.state.subject_id);
         rows.observed_at.push(o.state.observed_at);
         rows.live.push(o.state.is_live());
-        rows.values.push(serde_json::to_string(&o.state.values)?);
         rows.authors.push(serde_json::to_string(&o.state.authors)?);
         rows.bodies.push(o.document());
         rows.positions.push(o.position);
     }
     sqlx::query(
-        &format!("INSERT INTO {schema}.observations (id, study_id, subject_id, observed_at, live, \"values\", authors, body, position) \
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::bool[], $6::text[]::json[], \
-                              $7::text[]::json[], $8::bytea[], $9::int8[]) \
-         ON CONFLICT (id) DO UPDATE SET live = EXCLUDED.live, \"values\" = EXCLUDED.\"values\", \
+        &format!("INSERT INTO {schema}.observations (id, study_id, subject_id, observed_at, live, authors, body, position) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::bool[], \
+                              $6::text[]::json[], $7::bytea[], $8::int8[]) \
+         ON CONFLICT (id) DO UPDATE SET live = EXCLUDED.live, \
            authors = EXCLUDED.authors, body = EXCLUDED.body, position = EXCLUDED.position"),
     )
     .bind(&rows.ids)
@@ -344,7 +349,6 @@ async fn store_observations(
     .bind(&rows.subject_ids)
     .bind(&rows.observed_at)
     .bind(&rows.live)
-    .bind(&rows.values)
     .bind(&rows.authors)
     .bind(&rows.bodies)
     .bind(&rows.positions)
@@ -444,7 +448,6 @@ struct ObservationRows {
     subject_ids: Vec<Uuid>,
     observed_at: Vec<DateTime<Utc>>,
     live: Vec<bool>,
-    values: Vec<String>,
     authors: Vec<String>,
     bodies: Vec<Vec<u8>>,
     positions: Vec<i64>,
