@@ -59,6 +59,8 @@ wait_ready() {
 busy_jiffies() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 wal_lsn() { "${PSQL[@]}" -d postgres -c "SELECT pg_current_wal_lsn()"; }
 wal_bytes() { "${PSQL[@]}" -d postgres -c "SELECT pg_wal_lsn_diff('$2', '$1')"; }
+# CPU ticks a process has used (user + system).
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_mb() { awk '/^'"$2"':/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
 per_event_us() { python3 -c "print(round(($2 - $1) / $HZ * 1e6 / max($3, 1)))"; }
@@ -88,8 +90,8 @@ SQL
         -f "$WORK/insert.sql" "$db" >/dev/null 2>&1
     cpu1=$(busy_jiffies); wal1=$(wal_lsn)
     rows=$("${PSQL[@]}" -d "$db" -c "SELECT count(*) FROM bench_events")
-    printf '%-8s %5s %10.0f %8s %10s %10s %8s %8s %8s %8s %8s %8s\n' pgbench "$ROUND" \
-        "$(python3 -c "print($rows / $SECONDS_PER_RUN)")" - "$(per_event_us "$cpu0" "$cpu1" "$rows")" \
+    printf '%-8s %5s %10.0f %8s %10s %8s %8s %10s %8s %8s %8s %8s %8s %8s\n' pgbench "$ROUND" \
+        "$(python3 -c "print($rows / $SECONDS_PER_RUN)")" - "$(per_event_us "$cpu0" "$cpu1" "$rows")" - - \
         "$(python3 -c "print(round($(wal_bytes "$wal0" "$wal1") / $rows))")" - - - - - -
     "${PSQL[@]}" -d postgres -c "DROP DATABASE $db WITH (FORCE)"
     CURRENT_DB=
@@ -120,6 +122,8 @@ service() {
     token=$("$BIN/mint-token" --sub bench --roles writer)
     local before
     before=$("${PSQL[@]}" -d "$db" -c "SELECT coalesce(max(position), 0) FROM events")
+    local api0 projector0 api1 projector1
+    api0=$(proc_ticks "$api_pid"); projector0=$(proc_ticks "$projector_pid")
     cpu0=$(busy_jiffies); wal0=$(wal_lsn)
     out=$("$BIN/research-bench" write --api "http://127.0.0.1:$API_PORT" --token "$token" \
         --connections "$CLIENTS" --seconds "$SECONDS_PER_RUN" --json)
@@ -134,6 +138,7 @@ service() {
     done
     caught_up=$(python3 -c "import time; print(f'{time.time() - $ended:.2f}')")
     cpu1=$(busy_jiffies); wal1=$(wal_lsn)
+    api1=$(proc_ticks "$api_pid"); projector1=$(proc_ticks "$projector_pid")
     events=$(( head - before ))
     local api_rss api_peak projector_rss hot sizes
     api_rss=$(rss_mb "$api_pid" VmRSS); api_peak=$(rss_mb "$api_pid" VmHWM)
@@ -144,10 +149,11 @@ service() {
     sizes=$("${PSQL[@]}" -d "$db" -c "SELECT round((pg_total_relation_size('read_model.observations')
         + pg_total_relation_size('read_model.subjects') + pg_total_relation_size('read_model.studies'))::numeric
         / pg_total_relation_size('events'), 2)")
-    printf '%-8s %5s %10.0f %8.1f %10s %10s %8s %8s %8s %8s %8s %8s\n' "$name" "$ROUND" \
+    printf '%-8s %5s %10.0f %8.1f %10s %8s %8s %10s %8s %8s %8s %8s %8s %8s\n' "$name" "$ROUND" \
         "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['rate'])" "$out")" \
         "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['p99_ms'])" "$out")" \
         "$(per_event_us "$cpu0" "$cpu1" "$events")" \
+        "$(per_event_us "$api0" "$api1" "$events")" "$(per_event_us "$projector0" "$projector1" "$events")" \
         "$(python3 -c "print(round($(wal_bytes "$wal0" "$wal1") / $events))")" \
         "$caught_up" "$api_rss" "$api_peak" "$projector_rss" "$hot" "$sizes"
     stop_services
@@ -157,8 +163,8 @@ service() {
     CURRENT_DB= CURRENT_STREAM=
 }
 
-printf '\n%-8s %5s %10s %8s %10s %10s %8s %8s %8s %8s %8s %8s\n' build round "events/s" "p99 ms" "CPU µs/ev" \
-    "WAL B/ev" "catchup" "api MB" "api pk" "proj pk" "HOT %" "rm/ev"
+printf '\n%-8s %5s %10s %8s %10s %8s %8s %10s %8s %8s %8s %8s %8s %8s\n' build round "events/s" "p99 ms" "CPU µs/ev" \
+    "api µs" "proj µs" "WAL B/ev" "catchup" "api MB" "api pk" "proj pk" "HOT %" "rm/ev"
 for ROUND in $(seq 1 "$ROUNDS"); do
     baseline
     for variant in $VARIANTS; do
@@ -166,7 +172,8 @@ for ROUND in $(seq 1 "$ROUNDS"); do
     done
 done
 echo
-echo "CPU µs/ev: busy time of the whole machine per event (pgbench: per row); WAL B/ev likewise;"
+echo "CPU µs/ev: busy time of the whole machine per event (pgbench: per row), of which api µs and proj µs"
+echo "  were the command API's and the projector's own processes (not their PostgreSQL backends); WAL B/ev likewise;"
 echo "catchup: seconds from the end of the load until the projection held the last event;"
 echo "api MB / api pk: the command API's resident memory at the end and at its peak; proj pk: the projector's peak;"
 echo "HOT %: updates of read_model.studies and .subjects rows that were HOT; rm/ev: read tables' size / events' size."
