@@ -16,7 +16,10 @@
 # Several builds can be compared in one run, interleaved round by round:
 # VARIANTS="new=/path/to/release old=/path/to/other/release" (default: this
 # tree's release build as "new"). Every run has a database, a stream and a
-# Redis prefix of its own.
+# Redis prefix of its own. Build another checkout with a CARGO_TARGET_DIR of
+# its own: cargo names a workspace's artifacts by their path relative to the
+# workspace, so two checkouts sharing a target directory take each other's
+# builds for fresh.
 # Settings: CLIENTS (16), SECONDS_PER_RUN (15), ROUNDS (2).
 set -euo pipefail
 source "$(dirname "$0")/../scripts/common.sh"
