@@ -20,13 +20,18 @@
 # its own: cargo names a workspace's artifacts by their path relative to the
 # workspace, so two checkouts sharing a target directory take each other's
 # builds for fresh.
-# Settings: CLIENTS (16), SECONDS_PER_RUN (15), ROUNDS (2).
+# Cost that grows with the data shows with SIZES="10000 1000000": each run
+# first grows its study to that many observations (through the batch
+# endpoint, the projection catching up before the measurement), then
+# measures while recording into the same study.
+# Settings: CLIENTS (16), SECONDS_PER_RUN (15), ROUNDS (2), SIZES (0).
 set -euo pipefail
 source "$(dirname "$0")/../scripts/common.sh"
 load_env
 CLIENTS=${CLIENTS:-16}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-15}
 ROUNDS=${ROUNDS:-2}
+SIZES=${SIZES:-0}
 API_PORT=${API_PORT:-18081}
 PROJECTOR_PORT=${PROJECTOR_PORT:-18083}
 
@@ -68,6 +73,18 @@ rss_mb() { awk '/^'"$2"':/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
 per_event_us() { python3 -c "print(round(($2 - $1) / $HZ * 1e6 / max($3, 1)))"; }
 
+# Waits until the projection of database $1 holds every event (10 minutes
+# at most).
+caught_up() {
+    local head
+    head=$("${PSQL[@]}" -d "$1" -c "SELECT coalesce(max(position), 0) FROM events")
+    for _ in $(seq 1 12000); do
+        [ "$("${PSQL[@]}" -d "$1" -c "SELECT position FROM read_model.checkpoint")" -ge "$head" ] && return
+        sleep 0.05
+    done
+    echo "[bench] the projection did not catch up with $head events" >&2
+}
+
 # The baseline: one event-like row per transaction, like write-bench.sh.
 baseline() {
     local db=bench_pipe_raw_$(date +%s)
@@ -93,16 +110,17 @@ SQL
         -f "$WORK/insert.sql" "$db" >/dev/null 2>&1
     cpu1=$(busy_jiffies); wal1=$(wal_lsn)
     rows=$("${PSQL[@]}" -d "$db" -c "SELECT count(*) FROM bench_events")
-    printf '%-8s %5s %10.0f %8s %10s %8s %8s %10s %8s %8s %8s %8s %8s %8s\n' pgbench "$ROUND" \
+    printf '%-8s %5s %8s %10.0f %8s %10s %8s %8s %10s %8s %8s %8s %8s %8s %8s\n' pgbench "$ROUND" - \
         "$(python3 -c "print($rows / $SECONDS_PER_RUN)")" - "$(per_event_us "$cpu0" "$cpu1" "$rows")" - - \
         "$(python3 -c "print(round($(wal_bytes "$wal0" "$wal1") / $rows))")" - - - - - -
     "${PSQL[@]}" -d postgres -c "DROP DATABASE $db WITH (FORCE)"
     CURRENT_DB=
 }
 
-# One run of the service built in $2, named $1.
+# One run of the service built in $2, named $1, on a study grown to $3
+# observations first.
 service() {
-    local name=$1 bin=$2 id
+    local name=$1 bin=$2 size=$3 id
     id=$(date +%s)_${name}_$ROUND
     local db=bench_pipe_$id stream=BENCH_PIPE_${id^^} prefix=benchpipe$id
     CURRENT_DB=$db CURRENT_STREAM=$stream
@@ -123,22 +141,27 @@ service() {
     wait_ready "http://127.0.0.1:$PROJECTOR_PORT/readyz"
     local token cpu0 wal0 cpu1 wal1 out events caught_up
     token=$("$BIN/mint-token" --sub bench --roles writer)
+    local study=()
+    if [ "$size" -gt 0 ]; then
+        study=(--study-file "$WORK/study.json")
+        rm -f "$WORK/study.json"
+        "$BIN/research-bench" prefill --api "http://127.0.0.1:$API_PORT" --token "$token" \
+            "${study[@]}" --events "$size" 2>&1 | tail -1 >&2
+        caught_up "$db"
+    fi
     local before
     before=$("${PSQL[@]}" -d "$db" -c "SELECT coalesce(max(position), 0) FROM events")
     local api0 projector0 api1 projector1
     api0=$(proc_ticks "$api_pid"); projector0=$(proc_ticks "$projector_pid")
     cpu0=$(busy_jiffies); wal0=$(wal_lsn)
     out=$("$BIN/research-bench" write --api "http://127.0.0.1:$API_PORT" --token "$token" \
-        --connections "$CLIENTS" --seconds "$SECONDS_PER_RUN" --json)
+        --connections "$CLIENTS" --seconds "$SECONDS_PER_RUN" --json "${study[@]}")
     local ended
     ended=$(date +%s.%N)
     # The projection reaching the last event, after the load stopped.
     local head
     head=$("${PSQL[@]}" -d "$db" -c "SELECT max(position) FROM events")
-    for _ in $(seq 1 600); do
-        [ "$("${PSQL[@]}" -d "$db" -c "SELECT position FROM read_model.checkpoint")" -ge "$head" ] && break
-        sleep 0.05
-    done
+    caught_up "$db"
     caught_up=$(python3 -c "import time; print(f'{time.time() - $ended:.2f}')")
     cpu1=$(busy_jiffies); wal1=$(wal_lsn)
     api1=$(proc_ticks "$api_pid"); projector1=$(proc_ticks "$projector_pid")
@@ -152,7 +175,7 @@ service() {
     sizes=$("${PSQL[@]}" -d "$db" -c "SELECT round((pg_total_relation_size('read_model.observations')
         + pg_total_relation_size('read_model.subjects') + pg_total_relation_size('read_model.studies'))::numeric
         / pg_total_relation_size('events'), 2)")
-    printf '%-8s %5s %10.0f %8.1f %10s %8s %8s %10s %8s %8s %8s %8s %8s %8s\n' "$name" "$ROUND" \
+    printf '%-8s %5s %8s %10.0f %8.1f %10s %8s %8s %10s %8s %8s %8s %8s %8s %8s\n' "$name" "$ROUND" "$size" \
         "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['rate'])" "$out")" \
         "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['p99_ms'])" "$out")" \
         "$(per_event_us "$cpu0" "$cpu1" "$events")" \
@@ -166,17 +189,20 @@ service() {
     CURRENT_DB= CURRENT_STREAM=
 }
 
-printf '\n%-8s %5s %10s %8s %10s %8s %8s %10s %8s %8s %8s %8s %8s %8s\n' build round "events/s" "p99 ms" "CPU µs/ev" \
+printf '\n%-8s %5s %8s %10s %8s %10s %8s %8s %10s %8s %8s %8s %8s %8s %8s\n' build round size "events/s" "p99 ms" "CPU µs/ev" \
     "api µs" "proj µs" "WAL B/ev" "catchup" "api MB" "api pk" "proj pk" "HOT %" "rm/ev"
 for ROUND in $(seq 1 "$ROUNDS"); do
     baseline
     for variant in $VARIANTS; do
-        service "${variant%%=*}" "${variant#*=}"
+        for size in $SIZES; do
+            service "${variant%%=*}" "${variant#*=}" "$size"
+        done
     done
 done
 echo
 echo "CPU µs/ev: busy time of the whole machine per event (pgbench: per row), of which api µs and proj µs"
 echo "  were the command API's and the projector's own processes (not their PostgreSQL backends); WAL B/ev likewise;"
+echo "size: observations the study held before the measurement;"
 echo "catchup: seconds from the end of the load until the projection held the last event;"
 echo "api MB / api pk: the command API's resident memory at the end and at its peak; proj pk: the projector's peak;"
 echo "HOT %: updates of read_model.studies and .subjects rows that were HOT; rm/ev: read tables' size / events' size."

@@ -43,6 +43,26 @@ enum What {
         /// Print one JSON object instead of a sentence.
         #[arg(long)]
         json: bool,
+        /// Record into the study this file names (made by `prefill` or an
+        /// earlier run; created and written when absent) instead of a new
+        /// study of its own.
+        #[arg(long)]
+        study_file: Option<std::path::PathBuf>,
+    },
+    /// Grow a benchmark study to EVENTS more observations through the batch
+    /// endpoint (1000 a request, 4 at a time), before `write --study-file`
+    /// measures at that size.
+    Prefill {
+        #[arg(long, env = "COMMAND_API_URL", default_value = "http://127.0.0.1:8081")]
+        api: String,
+        #[arg(long, env = "RESEARCH_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The study's file (created when absent).
+        #[arg(long)]
+        study_file: std::path::PathBuf,
+        /// Observations to record.
+        #[arg(long)]
+        events: u64,
     },
     /// GET the paths listed in a file, in turn, over keep-alive connections.
     Read {
@@ -101,7 +121,21 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             rate,
             json: as_json,
-        } => write(api, token, connections, seconds, rate, as_json).await,
+            study_file,
+        } => {
+            let load = Load {
+                connections,
+                seconds,
+                rate,
+            };
+            write(api, token, study_file, load, as_json).await
+        }
+        What::Prefill {
+            api,
+            token,
+            study_file,
+            events,
+        } => prefill(api, token, study_file, events).await,
         What::Read {
             target,
             paths,
@@ -177,35 +211,71 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn write(
-    api: String,
-    token: String,
+/// How `write` loads the command API.
+struct Load {
     connections: usize,
     seconds: u64,
     rate: Option<f64>,
+}
+
+/// A benchmark study: the weather data set registered under a code of its
+/// own, one subject per station (in the data set's order).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BenchStudy {
+    study_id: String,
+    subjects: Vec<String>,
+}
+
+/// The study named by `file`, or a new one (written to `file` when given).
+async fn bench_study(
+    client: &reqwest::Client,
+    api: &str,
+    token: &str,
+    data: &datasets::StudyData,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<BenchStudy> {
+    if let Some(file) = file.filter(|f| f.exists()) {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        return serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()));
+    }
+    let mut body = data.register_body();
+    body["code"] = json!(format!("BENCH-{}", uuid::Uuid::now_v7().simple()));
+    let registered: Value = post(client, api, token, "/v1/studies", &body).await?;
+    let study_id = registered["id"].as_str().context("a study id")?.to_owned();
+    let mut subjects = Vec::new();
+    for subject in &data.subjects {
+        let body = json!({"label": subject.label, "attributes": subject.attributes});
+        let path = format!("/v1/studies/{study_id}/subjects");
+        let r = post(client, api, token, &path, &body).await?;
+        subjects.push(r["id"].as_str().context("a subject id")?.to_owned());
+    }
+    let study = BenchStudy { study_id, subjects };
+    if let Some(file) = file {
+        std::fs::write(file, serde_json::to_vec(&study)?)
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(study)
+}
+
+fn weather_data() -> anyhow::Result<datasets::StudyData> {
+    datasets::weather(&datasets::data_dir().join("nyc_weather_2013.csv"), "bench")
+}
+
+async fn write(
+    api: String,
+    token: String,
+    study_file: Option<std::path::PathBuf>,
+    load: Load,
     as_json: bool,
 ) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
+        .pool_max_idle_per_host(load.connections)
         .build()?;
-    let study = datasets::weather(&datasets::data_dir().join("nyc_weather_2013.csv"), "bench")?;
-    // A study of its own per run, so runs never collide.
-    let mut body = study.register_body();
-    body["code"] = json!(format!("BENCH-{}", uuid::Uuid::now_v7().simple()));
-    let registered: Value = post(&client, &api, &token, "/v1/studies", &body).await?;
-    let study_id = registered["id"].as_str().context("a study id")?.to_owned();
+    let data = weather_data()?;
+    let study = bench_study(&client, &api, &token, &data, study_file.as_deref()).await?;
     let mut targets = Vec::new();
-    for subject in &study.subjects {
-        let body = json!({"label": subject.label, "attributes": subject.attributes});
-        let r = post(
-            &client,
-            &api,
-            &token,
-            &format!("/v1/studies/{study_id}/subjects"),
-            &body,
-        )
-        .await?;
-        let id = r["id"].as_str().context("a subject id")?.to_owned();
+    for (subject, id) in data.subjects.iter().zip(&study.subjects) {
         for o in &subject.observations {
             targets.push((
                 format!("{api}/v1/subjects/{id}/observations"),
@@ -215,7 +285,8 @@ async fn write(
     }
     let targets = Arc::new(targets);
     let auth = format!("Bearer {token}");
-    let report = load::run(connections, Duration::from_secs(seconds), rate, move |n| {
+    let duration = Duration::from_secs(load.seconds);
+    let report = load::run(load.connections, duration, load.rate, move |n| {
         let (client, targets, auth) = (client.clone(), targets.clone(), auth.clone());
         async move {
             let (url, body) = &targets[n as usize % targets.len()];
@@ -230,7 +301,74 @@ async fn write(
         }
     })
     .await;
-    print_report(&report, connections, rate, as_json);
+    print_report(&report, load.connections, load.rate, as_json);
+    Ok(())
+}
+
+/// Records `events` observations into the study of `study_file`, cycling
+/// through the weather rows, 1000 a batch and 4 batches at a time.
+async fn prefill(
+    api: String,
+    token: String,
+    study_file: std::path::PathBuf,
+    events: u64,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let data = weather_data()?;
+    let study = bench_study(&client, &api, &token, &data, Some(&study_file)).await?;
+    let items: Vec<Value> = data
+        .subjects
+        .iter()
+        .zip(&study.subjects)
+        .flat_map(|(subject, id)| {
+            subject.observations.iter().map(move |o| {
+                let mut item = o.record_body();
+                item["type"] = json!("RecordObservation");
+                item["target"] = json!(id);
+                item
+            })
+        })
+        .collect();
+    let items = Arc::new(items);
+    let started = std::time::Instant::now();
+    let batches = events.div_ceil(1000);
+    let mut done = 0u64;
+    let mut next = 0u64;
+    let mut running = tokio::task::JoinSet::new();
+    while done < batches {
+        while next < batches && running.len() < 4 {
+            let (client, items, api, token) =
+                (client.clone(), items.clone(), api.clone(), token.clone());
+            let first = next * 1000;
+            let count = (events - first).min(1000);
+            running.spawn(async move {
+                let commands: Vec<&Value> = (first..first + count)
+                    .map(|n| &items[n as usize % items.len()])
+                    .collect();
+                post(
+                    &client,
+                    &api,
+                    &token,
+                    "/v1/commands",
+                    &json!({ "commands": commands }),
+                )
+                .await
+            });
+            next += 1;
+        }
+        if let Some(outcome) = running.join_next().await {
+            outcome??;
+            done += 1;
+            if done % (batches / 10).max(1) == 0 || done == batches {
+                eprintln!(
+                    "[prefill] {}/{} observations, {:.0}/s",
+                    (done * 1000).min(events),
+                    events,
+                    (done * 1000).min(events) as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
     Ok(())
 }
 
