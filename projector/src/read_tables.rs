@@ -403,27 +403,22 @@ pub fn sort_key_text(raw: &str) -> String {
 /// `(kind, id, study id, code, position, body)` of a stored document.
 type DocRow = (String, Uuid, Uuid, Option<String>, i64, Vec<u8>);
 
-/// Documents changed after the key `(position, id)`, in that order, for
-/// refilling Redis.
-pub async fn changed_after(
+/// The documents changed by the events in positions `(after, upto]`, as
+/// the read tables hold them now (at least that new), for refilling Redis.
+/// The log says what changed (see [`changed_by`]), so the read tables need
+/// no index on the position their hot rows change with every event.
+pub async fn changed_by_events(
     pool: &sqlx::PgPool,
     schema: &str,
-    after: (i64, Uuid),
-    limit: i64,
+    after: i64,
+    upto: i64,
 ) -> anyhow::Result<Vec<Doc>> {
-    let rows: Vec<DocRow> = sqlx::query_as(
-        &format!("(SELECT 'study' AS kind, id, id, code, position, body FROM {schema}.studies WHERE (position, id) > ($1, $2)) \
-         UNION ALL (SELECT 'subject', id, study_id, NULL, position, body FROM {schema}.subjects WHERE (position, id) > ($1, $2)) \
-         UNION ALL (SELECT 'observation', id, study_id, NULL, position, body FROM {schema}.observations \
-                    WHERE (position, id) > ($1, $2)) \
-         ORDER BY position, id LIMIT $3"),
-    )
-    .bind(after.0)
-    .bind(after.1)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .context("reading changed documents")?;
+    let rows: Vec<DocRow> = sqlx::query_as(&changed_by(schema))
+        .bind(after)
+        .bind(upto)
+        .fetch_all(pool)
+        .await
+        .context("reading changed documents")?;
     Ok(rows
         .into_iter()
         .map(|(kind, id, study_id, code, position, body)| Doc {
@@ -439,6 +434,27 @@ pub async fn changed_after(
             body,
         })
         .collect())
+}
+
+/// The statement of [`changed_by_events`]: an event changes its own
+/// aggregate's document and its study's; an observation event its subject's;
+/// a study event (which may add variables every subject document lists)
+/// every subject of the study.
+fn changed_by(schema: &str) -> String {
+    format!(
+        "WITH e AS (SELECT aggregate_type, aggregate_id, study_id FROM events \
+                    WHERE position > $1 AND position <= $2), \
+              o AS (SELECT id, study_id, subject_id, position, body FROM {schema}.observations \
+                    WHERE id IN (SELECT aggregate_id FROM e WHERE aggregate_type = 'observation')) \
+         SELECT 'study', id, id, code, position, body FROM {schema}.studies \
+          WHERE id IN (SELECT study_id FROM e) \
+         UNION ALL SELECT 'subject', id, study_id, NULL, position, body FROM {schema}.subjects \
+          WHERE id IN (SELECT aggregate_id FROM e WHERE aggregate_type = 'subject' \
+                       UNION SELECT subject_id FROM o) \
+         UNION ALL SELECT 'subject', id, study_id, NULL, position, body FROM {schema}.subjects \
+          WHERE study_id IN (SELECT aggregate_id FROM e WHERE aggregate_type = 'study') \
+         UNION ALL SELECT 'observation', id, study_id, NULL, position, body FROM o"
+    )
 }
 
 #[derive(Default)]

@@ -20,7 +20,7 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use crate::read_tables::{changed_after, checkpoint, Doc};
+use crate::read_tables::{changed_by_events, checkpoint, Doc};
 
 /// Sets the document only if the stored one is older: KEYS[1] = key,
 /// ARGV[1] = position, ARGV[2] = body, ARGV[3] = study id. Answers 1 if
@@ -265,7 +265,8 @@ async fn run(
 /// Writes every document changed after position `after` again, then moves
 /// the mark to the checkpoint read before the first page (every change up
 /// to it is in the pages). Answers the documents written, the mark and that
-/// checkpoint.
+/// checkpoint. Positions are gap-free, so the log is read in pages of
+/// positions.
 async fn refill(
     conn: &mut ConnectionManager,
     prefix: &str,
@@ -275,17 +276,13 @@ async fn refill(
     const PAGE: i64 = 2000;
     let upto = checkpoint(pool, crate::LIVE_SCHEMA).await?;
     let mut total = 0;
-    let mut key = (after, uuid::Uuid::max());
-    loop {
-        let docs = changed_after(pool, crate::LIVE_SCHEMA, key, PAGE).await?;
-        if let Some(last) = docs.last() {
-            key = (last.position, last.id);
-            write(conn, prefix, &docs).await?;
-            total += docs.len();
-        }
-        if docs.len() < PAGE as usize {
-            break;
-        }
+    let mut from = after;
+    while from < upto {
+        let to = upto.min(from + PAGE);
+        let docs = changed_by_events(pool, crate::LIVE_SCHEMA, from, to).await?;
+        write(conn, prefix, &docs).await?;
+        total += docs.len();
+        from = to;
     }
     let mut pipe = redis::pipe();
     push_advance(&mut pipe, prefix, after, upto);

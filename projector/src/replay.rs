@@ -18,13 +18,26 @@ pub const REPLAY_BATCH: i64 = 5000;
 
 const TABLES: [&str; 4] = ["checkpoint", "studies", "subjects", "observations"];
 
-/// Creates `schema` empty, with the live tables' columns, keys and indexes.
+/// Creates `schema` empty, with the live tables' columns, keys, indexes and
+/// storage parameters (the hot tables' fillfactor, which `LIKE` leaves out).
 pub async fn create_like_live(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
+    let parameters: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, array_to_string(c.reloptions, ', ') FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind = 'r' AND c.reloptions IS NOT NULL",
+    )
+    .bind(LIVE_SCHEMA)
+    .fetch_all(pool)
+    .await
+    .context("reading the live tables' storage parameters")?;
     let mut sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};");
     for table in TABLES {
         sql.push_str(&format!(
             "CREATE TABLE {schema}.{table} (LIKE {LIVE_SCHEMA}.{table} INCLUDING ALL);"
         ));
+        if let Some((_, options)) = parameters.iter().find(|(name, _)| name == table) {
+            sql.push_str(&format!("ALTER TABLE {schema}.{table} SET ({options});"));
+        }
     }
     sql.push_str(&format!("INSERT INTO {schema}.checkpoint DEFAULT VALUES;"));
     sqlx::raw_sql(&sql)

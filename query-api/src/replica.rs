@@ -3,6 +3,7 @@
 //! the answer says how current it is. The change feed (what changed after a
 //! position) is read by the freshness task alone.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -109,11 +110,20 @@ pub struct Poll {
     pub changes: Option<Vec<Change>>,
 }
 
-/// `(kind, id, code, position, lag)`: the first row is the checkpoint with
-/// the replay lag, the others the documents changed.
-type FeedRow = (String, Option<Uuid>, Option<String>, i64, Option<f64>);
+/// `(kind, id, study id, subject id, code, position, lag)`: the first row is
+/// the checkpoint with the replay lag, the others the events after the last
+/// poll with what they changed beside their own aggregate.
+type FeedRow = (
+    String,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<String>,
+    i64,
+    Option<f64>,
+);
 
-/// Most changes one poll applies one by one.
+/// Most events (and subjects of changed studies) one poll applies one by one.
 const MAX_CHANGES: i64 = 50_000;
 
 impl Replica {
@@ -273,11 +283,18 @@ impl Replica {
         rx
     }
 
-    /// The checkpoint, the replay lag and every document changed after
-    /// `after`, in one statement (one snapshot). With `after` below zero only
+    /// The checkpoint, the replay lag and every document changed by the
+    /// events after `after` up to the checkpoint, in one statement (one
+    /// snapshot). The log is the change feed: an event at position p changed
+    /// its own aggregate's document, its study's (and the study's entry by
+    /// code), an observation's subject, and (for a study event, which may add
+    /// variables every subject document lists) the study's subjects. So the
+    /// read tables need no index on the position their hot rows change with
+    /// every event, and their updates stay HOT. With `after` below zero only
     /// the checkpoint is read.
     pub async fn poll(&self, after: i64) -> sqlx::Result<Poll> {
-        const HEAD: &str = "SELECT 'checkpoint'::text, NULL::uuid, NULL::text, c.position, \
+        const HEAD: &str = "SELECT 'checkpoint'::text, NULL::uuid, NULL::uuid, NULL::uuid, NULL::text, \
+             c.position, \
              CASE WHEN NOT pg_is_in_recovery() \
                     OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8 \
                   ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) \
@@ -287,11 +304,17 @@ impl Replica {
         } else {
             sqlx::query_as(&format!(
                 "{HEAD} \
-                 UNION ALL (SELECT 'study', id, code, position, NULL FROM read_model.studies WHERE position > $1) \
-                 UNION ALL (SELECT 'subject', id, NULL, position, NULL FROM read_model.subjects WHERE position > $1) \
-                 UNION ALL (SELECT 'observation', id, NULL, position, NULL FROM read_model.observations \
-                            WHERE position > $1) \
-                 LIMIT $2"
+                 UNION ALL (SELECT e.aggregate_type, e.aggregate_id, e.study_id, \
+                                   COALESCE(o.subject_id, sub.id), s.code, e.position, NULL \
+                            FROM events e \
+                            LEFT JOIN read_model.studies s ON s.id = e.study_id \
+                            LEFT JOIN read_model.observations o \
+                                   ON e.aggregate_type = 'observation' AND o.id = e.aggregate_id \
+                            LEFT JOIN read_model.subjects sub \
+                                   ON e.aggregate_type = 'study' AND sub.study_id = e.aggregate_id \
+                            WHERE e.position > $1 \
+                              AND e.position <= (SELECT position FROM read_model.checkpoint) \
+                            LIMIT $2)"
             ))
             .bind(after)
             .bind(MAX_CHANGES + 2)
@@ -301,30 +324,36 @@ impl Replica {
         let overflow = rows.len() as i64 > MAX_CHANGES + 1;
         let mut checkpoint = None;
         let mut lag_seconds = 0.0;
-        let mut changes = Vec::with_capacity(rows.len());
-        for (kind, id, code, position, lag) in rows {
+        let mut latest: HashMap<Key, i64> = HashMap::with_capacity(rows.len());
+        let mut changed = |key: Key, position: i64| {
+            let at = latest.entry(key).or_insert(position);
+            *at = (*at).max(position);
+        };
+        for (kind, id, study_id, subject_id, code, position, lag) in rows {
             if kind == "checkpoint" {
                 checkpoint = Some(position);
                 lag_seconds = lag.unwrap_or(0.0);
                 continue;
             }
-            let (Some(kind), Some(id)) = (Kind::parse(&kind), id) else {
+            let (Some(kind), Some(id), Some(study_id)) = (Kind::parse(&kind), id, study_id) else {
                 continue;
             };
-            if let Some(code) = code {
-                changes.push(Change {
-                    key: Key::Code(code),
-                    position,
-                });
+            changed(Key::Doc(kind, id), position);
+            changed(Key::Doc(Kind::Study, study_id), position);
+            if let Some(subject_id) = subject_id {
+                changed(Key::Doc(Kind::Subject, subject_id), position);
             }
-            changes.push(Change {
-                key: Key::Doc(kind, id),
-                position,
-            });
+            if let Some(code) = code {
+                changed(Key::Code(code), position);
+            }
         }
         let checkpoint = checkpoint.ok_or_else(|| {
             sqlx::Error::Protocol("the change feed did not return the checkpoint".into())
         })?;
+        let changes = latest
+            .into_iter()
+            .map(|(key, position)| Change { key, position })
+            .collect();
         Ok(Poll {
             checkpoint,
             lag_seconds,

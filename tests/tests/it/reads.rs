@@ -580,6 +580,67 @@ async fn replica_reads_see_the_writes_whose_token_they_carry() {
             );
         }
     }
+    // A study event changes every subject's document (they list the study's
+    // variables) and the study's entry by code, both held in memory here.
+    let code = query
+        .get(&format!("/v1/studies/{study}"), &env.reader)
+        .await
+        .json()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..2 {
+        let by_code = query
+            .get(&format!("/v1/studies/by-code/{code}"), &env.reader)
+            .await;
+        assert_eq!(by_code.status, 200);
+        assert_eq!(
+            query
+                .get(&format!("/v1/subjects/{subject}"), &env.reader)
+                .await
+                .status,
+            200
+        );
+    }
+    let amend = json!({"add_variables": [{"name": "nest_count", "kind": "integer"}], "reason": "protocol v2"});
+    let amended = env
+        .api
+        .post(
+            &format!("/v1/studies/{study}/amendments"),
+            &env.writer,
+            &amend,
+        )
+        .await;
+    assert_eq!(
+        amended.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&amended.bytes)
+    );
+    let token = position(&amended);
+    let headers = [("consistency-token", token.as_str())];
+    let names = |doc: Value| -> Vec<String> {
+        doc["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let subject_doc = query
+        .get_with(&format!("/v1/subjects/{subject}"), &env.reader, &headers)
+        .await
+        .json();
+    assert!(names(subject_doc).contains(&"nest_count".to_owned()));
+    let by_code = query
+        .get_with(
+            &format!("/v1/studies/by-code/{code}"),
+            &env.reader,
+            &headers,
+        )
+        .await
+        .json();
+    assert!(names(by_code).contains(&"nest_count".to_owned()));
     clean_redis(&prefix).await;
 }
 
