@@ -20,10 +20,15 @@
 # its own: cargo names a workspace's artifacts by their path relative to the
 # workspace, so two checkouts sharing a target directory take each other's
 # builds for fresh.
+# A variant may also change the schema: VARIANT_SQL_<name> is run as the
+# owner on the variant's database once the command API has migrated it and
+# before the projector starts (for example to put back an index and measure
+# what it costs).
 # Cost that grows with the data shows with SIZES="10000 1000000": each run
 # first grows its study to that many observations (through the batch
-# endpoint, the projection catching up before the measurement), then
-# measures while recording into the same study.
+# endpoint, the projection catching up, the tables vacuumed and the standby
+# caught up before the measurement), then measures while recording into the
+# same study.
 # Settings: CLIENTS (16), SECONDS_PER_RUN (15), ROUNDS (2), SIZES (0).
 set -euo pipefail
 source "$(dirname "$0")/../scripts/common.sh"
@@ -85,6 +90,23 @@ caught_up() {
     echo "[bench] the projection did not catch up with $head events" >&2
 }
 
+# After a prefill, what the burst left behind is done before measuring, as
+# it would be long done in a study grown over months: the tables vacuumed
+# and analysed (an autovacuum of a million fresh rows would otherwise run
+# during the measurement) and the standby's replay caught up with the
+# primary (10 minutes at most).
+settle() {
+    "${PSQL[@]}" -d "$1" -c "SET client_min_messages = error" -c "VACUUM (ANALYZE)"
+    local lsn
+    lsn=$(wal_lsn)
+    for _ in $(seq 1 6000); do
+        [ "$(psql -h 127.0.0.1 -p "${REPLICA_PORT:-5433}" -U "$DB_USER" -Atq -d postgres \
+            -c "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '$lsn') >= 0")" = t ] && return
+        sleep 0.1
+    done
+    echo "[bench] the standby did not replay the prefill within 10 minutes" >&2
+}
+
 # The baseline: one event-like row per transaction, like write-bench.sh.
 baseline() {
     local db=bench_pipe_raw_$(date +%s)
@@ -133,6 +155,8 @@ service() {
     local api_pid=$!
     PIDS+=("$api_pid")
     wait_ready "http://127.0.0.1:$API_PORT/readyz"
+    local variant_sql="VARIANT_SQL_$name"
+    [ -n "${!variant_sql:-}" ] && "${PSQL[@]}" -d "$db" -c "${!variant_sql}"
     PROJECTOR_ADDR=127.0.0.1:$PROJECTOR_PORT REDIS_PREFIX=$prefix MIGRATION_DATABASE_URL= \
         PROJECTOR_DATABASE_URL="postgres://research_projector:$SERVICE_PASSWORD@127.0.0.1:$PG_PORT/$db" \
         "$bin/projector" >"$WORK/projector.log" 2>&1 &
@@ -148,6 +172,7 @@ service() {
         "$BIN/research-bench" prefill --api "http://127.0.0.1:$API_PORT" --token "$token" \
             "${study[@]}" --events "$size" 2>&1 | tail -1 >&2
         caught_up "$db"
+        settle "$db"
     fi
     local before
     before=$("${PSQL[@]}" -d "$db" -c "SELECT coalesce(max(position), 0) FROM events")

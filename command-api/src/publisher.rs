@@ -230,9 +230,14 @@ impl Feed {
             .unwrap_or(0)
     }
 
+    /// Keeps a told batch; an empty one (a large batch, told as a notice)
+    /// sends the publisher to the store.
     fn insert(&mut self, batch: Committed) {
-        if let Some(first) = batch.first() {
-            self.pending.insert(first.position, batch);
+        match batch.first() {
+            Some(first) => {
+                self.pending.insert(first.position, batch);
+            }
+            None => self.lagged = true,
         }
     }
 
@@ -415,4 +420,26 @@ async fn send(
             .with_context(|| format!("JetStream refused position {position}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed() -> Feed {
+        let (_, rx) = broadcast::channel(4);
+        Feed {
+            rx,
+            pending: BTreeMap::new(),
+            lagged: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_told_empty_sends_the_publisher_to_the_store() {
+        let mut feed = feed();
+        feed.insert(Arc::new(Vec::new()));
+        assert!(feed.lagged, "the events are only in the store");
+        assert!(feed.take_after(0, 10).is_empty());
+    }
 }

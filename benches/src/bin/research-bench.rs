@@ -1,5 +1,6 @@
 //! `research-bench`: the load generator of the benchmarks. `write` records
-//! real NYC weather rows as observations through the command API; `read`
+//! real NYC weather rows as observations through the command API; `visible`
+//! measures how soon a command's document is readable with its token; `read`
 //! GETs a list of paths (real documents) from any HTTP server; both at a
 //! fixed number of connections, closed loop (maximum rate) or at a fixed
 //! rate. `static-server` is the ceiling `read` is compared with: a minimal
@@ -46,6 +47,34 @@ enum What {
         /// Record into the study this file names (made by `prefill` or an
         /// earlier run; created and written when absent) instead of a new
         /// study of its own.
+        #[arg(long)]
+        study_file: Option<std::path::PathBuf>,
+    },
+    /// Read-your-writes latency: record observations at RATE in the
+    /// background and, PROBES times a second, one more whose document is
+    /// then read from the query API with its `Consistency-Token`.
+    Visible {
+        #[arg(long, env = "COMMAND_API_URL", default_value = "http://127.0.0.1:8081")]
+        api: String,
+        #[arg(long, env = "QUERY_API_URL", default_value = "http://127.0.0.1:8082")]
+        query: String,
+        /// Bearer token with the writer and reader roles.
+        #[arg(long, env = "RESEARCH_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Connections of the background load.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Background commands per second (open loop).
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Probes per second.
+        #[arg(long, default_value_t = 20.0)]
+        probes: f64,
+        #[arg(long)]
+        json: bool,
+        /// Record into the study this file names (see `write`).
         #[arg(long)]
         study_file: Option<std::path::PathBuf>,
     },
@@ -136,6 +165,24 @@ async fn main() -> anyhow::Result<()> {
             study_file,
             events,
         } => prefill(api, token, study_file, events).await,
+        What::Visible {
+            api,
+            query,
+            token,
+            connections,
+            rate,
+            seconds,
+            probes,
+            json: as_json,
+            study_file,
+        } => {
+            let load = Load {
+                connections,
+                seconds,
+                rate: Some(rate),
+            };
+            visible(api, query, token, study_file, load, probes, as_json).await
+        }
         What::Read {
             target,
             paths,
@@ -212,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// How `write` loads the command API.
+#[derive(Clone, Copy)]
 struct Load {
     connections: usize,
     seconds: u64,
@@ -262,18 +310,16 @@ fn weather_data() -> anyhow::Result<datasets::StudyData> {
     datasets::weather(&datasets::data_dir().join("nyc_weather_2013.csv"), "bench")
 }
 
-async fn write(
-    api: String,
-    token: String,
-    study_file: Option<std::path::PathBuf>,
-    load: Load,
-    as_json: bool,
-) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(load.connections)
-        .build()?;
+/// `(url, body)` of a RecordObservation for every weather row, into the
+/// study of `study_file` (or a new one).
+async fn observation_targets(
+    client: &reqwest::Client,
+    api: &str,
+    token: &str,
+    study_file: Option<&std::path::Path>,
+) -> anyhow::Result<Arc<Vec<(String, Vec<u8>)>>> {
     let data = weather_data()?;
-    let study = bench_study(&client, &api, &token, &data, study_file.as_deref()).await?;
+    let study = bench_study(client, api, token, &data, study_file).await?;
     let mut targets = Vec::new();
     for (subject, id) in data.subjects.iter().zip(&study.subjects) {
         for o in &subject.observations {
@@ -283,10 +329,19 @@ async fn write(
             ));
         }
     }
-    let targets = Arc::new(targets);
+    Ok(Arc::new(targets))
+}
+
+/// POSTs the targets in turn under `load`, counting a 201 as a success.
+async fn record_observations(
+    client: reqwest::Client,
+    targets: Arc<Vec<(String, Vec<u8>)>>,
+    token: &str,
+    load: &Load,
+) -> load::Report {
     let auth = format!("Bearer {token}");
     let duration = Duration::from_secs(load.seconds);
-    let report = load::run(load.connections, duration, load.rate, move |n| {
+    load::run(load.connections, duration, load.rate, move |n| {
         let (client, targets, auth) = (client.clone(), targets.clone(), auth.clone());
         async move {
             let (url, body) = &targets[n as usize % targets.len()];
@@ -300,9 +355,167 @@ async fn write(
             matches!(sent, Ok(r) if r.status().as_u16() == 201)
         }
     })
-    .await;
+    .await
+}
+
+async fn write(
+    api: String,
+    token: String,
+    study_file: Option<std::path::PathBuf>,
+    load: Load,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(load.connections)
+        .build()?;
+    let targets = observation_targets(&client, &api, &token, study_file.as_deref()).await?;
+    let report = record_observations(client, targets, &token, &load).await;
     print_report(&report, load.connections, load.rate, as_json);
     Ok(())
+}
+
+/// What the read-your-writes probes saw.
+#[derive(Default)]
+struct Probes {
+    /// Microseconds from a command's answer to its document's, sorted.
+    visible_us: Vec<u64>,
+    /// Reads answered 503 (the token not reached within the query API's
+    /// bound).
+    unavailable: u64,
+    /// Commands or reads that failed otherwise.
+    failed: u64,
+}
+
+impl Probes {
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.visible_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((p / 100.0) * (self.visible_us.len() - 1) as f64).round() as usize;
+        self.visible_us[i] as f64 / 1000.0
+    }
+}
+
+/// Records observations under `load` in the background and, `per_second`
+/// times a second, one more whose document is then read from the query API
+/// with the command's `Consistency-Token`: the time from the command's
+/// answer to the document's is the read-your-writes latency.
+async fn visible(
+    api: String,
+    query: String,
+    token: String,
+    study_file: Option<std::path::PathBuf>,
+    load: Load,
+    per_second: f64,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(load.connections + 16)
+        .build()?;
+    let targets = observation_targets(&client, &api, &token, study_file.as_deref()).await?;
+    let background = {
+        let (client, targets, token) = (client.clone(), targets.clone(), token.clone());
+        tokio::spawn(async move { record_observations(client, targets, &token, &load).await })
+    };
+    let probes = Arc::new(std::sync::Mutex::new(Probes::default()));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
+    let end = std::time::Instant::now() + Duration::from_secs(load.seconds);
+    let mut running = tokio::task::JoinSet::new();
+    let mut n = 0usize;
+    while std::time::Instant::now() < end {
+        tick.tick().await;
+        n += 1;
+        let (client, targets, token, query, probes) = (
+            client.clone(),
+            targets.clone(),
+            token.clone(),
+            query.clone(),
+            probes.clone(),
+        );
+        running.spawn(async move {
+            let (url, body) = &targets[n.wrapping_mul(7919) % targets.len()];
+            let outcome = probe(&client, url, body, &query, &token).await;
+            let mut probes = probes.lock().unwrap_or_else(|e| e.into_inner());
+            match outcome {
+                Some(Ok(micros)) => probes.visible_us.push(micros),
+                Some(Err(503)) => probes.unavailable += 1,
+                _ => probes.failed += 1,
+            }
+        });
+    }
+    while running.join_next().await.is_some() {}
+    let background = background.await?;
+    let mut probes = std::mem::take(&mut *probes.lock().unwrap_or_else(|e| e.into_inner()));
+    probes.visible_us.sort_unstable();
+    let (p50, p99, max) = (
+        probes.percentile_ms(50.0),
+        probes.percentile_ms(99.0),
+        probes.percentile_ms(100.0),
+    );
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "background_rate": background.rate(), "background_errors": background.errors,
+                "probes": probes.visible_us.len(), "unavailable": probes.unavailable,
+                "failed": probes.failed, "p50_ms": p50, "p99_ms": p99, "max_ms": max,
+            })
+        );
+    } else {
+        println!(
+            "background: {}\nread-your-writes: {} probes, p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, {} answered 503, {} failed",
+            background.summary(),
+            probes.visible_us.len(),
+            probes.unavailable,
+            probes.failed
+        );
+    }
+    Ok(())
+}
+
+/// One probe: the command, then its document read with its token. Answers
+/// the microseconds between the two answers, or the status that failed
+/// (`None` when no answer came).
+async fn probe(
+    client: &reqwest::Client,
+    url: &str,
+    body: &[u8],
+    query: &str,
+    token: &str,
+) -> Option<Result<u64, u16>> {
+    let answer = client
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .ok()?;
+    if answer.status().as_u16() != 201 {
+        return Some(Err(answer.status().as_u16()));
+    }
+    let answered = std::time::Instant::now();
+    let position = answer
+        .headers()
+        .get("consistency-token")?
+        .to_str()
+        .ok()?
+        .to_owned();
+    let recorded: Value = answer.json().await.ok()?;
+    let id = recorded["id"].as_str()?;
+    let read = client
+        .get(format!("{query}/v1/observations/{id}"))
+        .bearer_auth(token)
+        .header("consistency-token", position)
+        .send()
+        .await
+        .ok()?;
+    let status = read.status().as_u16();
+    let _ = read.bytes().await;
+    if status != 200 {
+        return Some(Err(status));
+    }
+    Some(Ok(answered.elapsed().as_micros() as u64))
 }
 
 /// Records `events` observations into the study of `study_file`, cycling

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::reader::hash_column;
 use super::{
     AppendError, AppendRequest, Appended, AppenderConfig, Committed, IdempotencyCompletion,
-    StoreFault, APPEND_LOCK_KEY,
+    StoreFault, APPEND_LOCK_KEY, TOLD_EVENTS,
 };
 use crate::domain::Claim;
 use crate::envelope::{StoredEvent, GENESIS_HASH};
@@ -87,12 +87,21 @@ pub(super) async fn run_appender(
         };
         metrics::histogram!("event_store_append_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("event_store_append_batch_requests").record(requests.len() as f64);
-        let events: Vec<StoredEvent> = results
+        let count: usize = results
             .iter()
             .filter_map(|r| r.as_ref().ok())
-            .flat_map(|a| a.events.iter().cloned())
-            .collect();
-        if !events.is_empty() {
+            .map(|a| a.events.len())
+            .sum();
+        if count > 0 {
+            let events: Vec<StoredEvent> = if count <= TOLD_EVENTS {
+                results
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok())
+                    .flat_map(|a| a.events.iter().cloned())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             // Nobody listening (no publisher in this process) is fine.
             let _ = committed.send(Arc::new(events));
         }

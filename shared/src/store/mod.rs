@@ -181,8 +181,20 @@ pub struct EventStore {
 }
 
 /// The events one batch committed, in position order, as they are told to
-/// the publisher of this process (which then need not read them back).
+/// the publisher of this process (which then need not read them back). A
+/// batch of more than [`TOLD_EVENTS`] events is told empty: a notice that
+/// the store holds more, which the publisher reads in pages.
 pub type Committed = Arc<Vec<StoredEvent>>;
+
+/// Most events one [`Committed`] carries. With [`TOLD_BATCHES`] it bounds
+/// what a publisher that falls behind keeps in memory (a few tens of MB):
+/// carrying whole 1000-item batches, a burst kept hundreds of MB of events
+/// waiting for a publisher that reads them from the store in the end.
+pub const TOLD_EVENTS: usize = 64;
+
+/// Committed batches told and not yet taken by the publisher; beyond that
+/// it reads the store.
+const TOLD_BATCHES: usize = 256;
 
 impl EventStore {
     /// Starts the appender. It ends when every handle is dropped, after
@@ -194,7 +206,7 @@ impl EventStore {
     /// batch and, through it, every command's latency.
     pub fn start(pool: PgPool, config: AppenderConfig) -> (Self, JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(4096);
-        let (committed, _) = broadcast::channel(1024);
+        let (committed, _) = broadcast::channel(TOLD_BATCHES);
         let committed_tx = committed.clone();
         let options = (*pool.connect_options()).clone();
         let task = tokio::task::spawn_blocking(move || {

@@ -76,7 +76,35 @@ async fn committed_events_are_published_as_cloud_events_once_in_order() {
     assert_eq!(retraction["actor"], "alice");
     let parsed = StoredEvent::from_cloud_event(&retraction.to_string()).unwrap();
     assert_eq!(parsed, events[3], "the published event is the stored one");
-    let _ = subject;
+
+    // A batch larger than what the appender tells the publisher in memory
+    // (it is told empty, and read from the store), then single commands.
+    let mut item = crate::env::first_row();
+    item["type"] = json!("RecordObservation");
+    item["target"] = json!(subject);
+    let items = vec![item; shared::store::TOLD_EVENTS * 3];
+    let batch = env
+        .api
+        .post("/v1/commands", &env.writer, &json!({ "commands": items }))
+        .await;
+    assert_eq!(
+        batch.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&batch.bytes)
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            env.record(subject, &crate::env::first_row()).await.status,
+            201
+        );
+    }
+    let events = EventStore::read_after(&env.db.pool().await, 0, 1000)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 4 + shared::store::TOLD_EVENTS * 3 + 3);
+    let messages = published(&env.stream, events.len()).await;
+    assert_exactly_once_in_order(&events, &messages);
 }
 
 pub fn binary(name: &str) -> PathBuf {
