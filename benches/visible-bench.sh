@@ -11,7 +11,8 @@
 # a kept-alive connection, which waits in the query API until the token's
 # position is readable). A 503 is a read that waited past the query API's
 # bound (QUERY_API_CONSISTENCY_TIMEOUT).
-# Settings: CLIENTS (16), SECONDS_PER_STEP (20), PROBES (20), ROUNDS (2).
+# Settings: CLIENTS (16), SECONDS_PER_STEP (20), PROBES (20), ROUNDS (2),
+# QUERY_API_BIN (this tree's release query-api; another build's to compare).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 CLIENTS=${CLIENTS:-16}
@@ -34,7 +35,7 @@ PIDS+=($!)
 wait_ready "http://127.0.0.1:$PROJECTOR_PORT/readyz"
 QUERY_API_ADDR=127.0.0.1:$QUERY_PORT REDIS_URL=$REDIS REDIS_PREFIX=$PREFIX \
     REPLICA_DATABASE_URL="$READ_REPLICA_URL" \
-    "$BIN/query-api" >"$WORK/query.log" 2>&1 &
+    "${QUERY_API_BIN:-$BIN/query-api}" >"$WORK/query.log" 2>&1 &
 PIDS+=($!)
 wait_ready "http://127.0.0.1:$QUERY_PORT/readyz"
 TOKEN=$("$BIN/mint-token" --sub bench --roles writer,reader)
