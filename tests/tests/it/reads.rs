@@ -512,7 +512,7 @@ async fn a_miss_costs_one_statement_a_hit_none_and_a_thousand_misses_load_once()
 async fn replica_reads_see_the_writes_whose_token_they_carry() {
     let env = Env::start().await;
     let prefix = prefix();
-    let _live = live_projector(&env, Some((REDIS, &prefix))).await;
+    let live = live_projector(&env, Some((REDIS, &prefix))).await;
     let query = QueryApi::spawn(&query_config(
         &replica_url(&env.db.url_as(DbRole::Query)),
         REDIS,
@@ -641,7 +641,32 @@ async fn replica_reads_see_the_writes_whose_token_they_carry() {
         .await
         .json();
     assert!(names(by_code).contains(&"nest_count".to_owned()));
+    // The projector's Redis writer is done once its mark passed the last
+    // event; only then are the test's keys removed for good.
+    let last: i64 = token.parse().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "Redis to hold the amendment",
+        || {
+            let prefix = prefix.clone();
+            async move { (redis_through(&prefix).await >= last).then_some(()) }
+        },
+    )
+    .await;
+    drop(live);
     clean_redis(&prefix).await;
+}
+
+/// The projector's `through` mark under `prefix` (0 when absent).
+async fn redis_through(prefix: &str) -> i64 {
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let through: Option<i64> = redis::cmd("GET")
+        .arg(format!("{prefix}:through"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    through.unwrap_or(0)
 }
 
 async fn replay(pause: bool) {
