@@ -46,6 +46,12 @@ bench_cleanup() {
     rm -rf "$WORK"
 }
 
+# field JSON NAME: a field of research-bench's --json answer (numbers with
+# at most two decimals).
+field() {
+    python3 -c "import json, sys; v = json.loads(sys.argv[1])[sys.argv[2]]; print(round(v, 2) if isinstance(v, float) else v)" "$1" "$2"
+}
+
 wait_ready() {
     for _ in $(seq 1 60); do curl -fsS "$1" >/dev/null 2>&1 && return; sleep 0.5; done
     echo "[bench] $1 did not become ready" >&2

@@ -31,8 +31,7 @@
 # same study.
 # Settings: CLIENTS (16), SECONDS_PER_RUN (15), ROUNDS (2), SIZES (0).
 set -euo pipefail
-source "$(dirname "$0")/../scripts/common.sh"
-load_env
+source "$(dirname "$0")/common.sh"
 CLIENTS=${CLIENTS:-16}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-15}
 ROUNDS=${ROUNDS:-2}
@@ -62,11 +61,6 @@ trap cleanup EXIT
 stop_services() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
     PIDS=()
-}
-wait_ready() {
-    for _ in $(seq 1 60); do curl -fsS "$1" >/dev/null 2>&1 && return; sleep 0.5; done
-    echo "[bench] $1 did not become ready" >&2
-    exit 1
 }
 # Busy jiffies of the whole machine (every process, kernel included).
 busy_jiffies() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
@@ -118,18 +112,10 @@ baseline() {
         correlation_id text NOT NULL, causation_id text NOT NULL, recorded_at timestamptz NOT NULL,
         prevhash bytea NOT NULL, hash bytea NOT NULL, UNIQUE (aggregate_id, stream_version));
         CREATE INDEX ON bench_events (study_id, position); CREATE SEQUENCE bench_seq"
-    cat >"$WORK/insert.sql" <<'SQL'
-INSERT INTO bench_events (position, event_id, aggregate_type, aggregate_id, stream_version, study_id, event_type,
-  schema_version, data, actor, reason, correlation_id, causation_id, recorded_at, prevhash, hash)
-VALUES (nextval('bench_seq'), gen_random_uuid(), 'observation', gen_random_uuid(), 1, gen_random_uuid(),
-  'research.observation.recorded.v1', 1,
-  '{"comment":null,"observation_id":"0192f0c1-0000-7000-8000-000000000001","observed_at":"2013-01-01T06:00:00Z","study_id":"0192f0c1-0000-7000-8000-000000000002","subject_id":"0192f0c1-0000-7000-8000-000000000003","values":{"dewpoint_f":26.06,"humidity_pct":59.37,"precip_in":0.0,"pressure_mbar":1012.0,"temp_f":39.02,"visibility_mi":10.0,"wind_dir_deg":270.0,"wind_gust_mph":null,"wind_speed_mph":10.357019999999999}}',
-  'bench', NULL, 'bench', 'bench', now(), decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'));
-SQL
     local cpu0 wal0 cpu1 wal1 rows
     cpu0=$(busy_jiffies); wal0=$(wal_lsn)
     pgbench -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -n -c "$CLIENTS" -j 2 -T "$SECONDS_PER_RUN" \
-        -f "$WORK/insert.sql" "$db" >/dev/null 2>&1
+        -f benches/event-insert.sql "$db" >/dev/null 2>&1
     cpu1=$(busy_jiffies); wal1=$(wal_lsn)
     rows=$("${PSQL[@]}" -d "$db" -c "SELECT count(*) FROM bench_events")
     printf '%-8s %5s %8s %10.0f %8s %10s %8s %8s %10s %8s %8s %8s %8s %8s %8s\n' pgbench "$ROUND" - \
@@ -201,8 +187,8 @@ service() {
         + pg_total_relation_size('read_model.subjects') + pg_total_relation_size('read_model.studies'))::numeric
         / pg_total_relation_size('events'), 2)")
     printf '%-8s %5s %8s %10.0f %8.1f %10s %8s %8s %10s %8s %8s %8s %8s %8s %8s\n' "$name" "$ROUND" "$size" \
-        "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['rate'])" "$out")" \
-        "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['p99_ms'])" "$out")" \
+        "$(field "$out" rate)" \
+        "$(field "$out" p99_ms)" \
         "$(per_event_us "$cpu0" "$cpu1" "$events")" \
         "$(per_event_us "$api0" "$api1" "$events")" "$(per_event_us "$projector0" "$projector1" "$events")" \
         "$(python3 -c "print(round($(wal_bytes "$wal0" "$wal1") / $events))")" \

@@ -77,7 +77,6 @@ load() { # paths, token, seconds, extra args…
     "$BIN/research-bench" read --target "127.0.0.1:$QUERY_PORT" --paths "$WORK/$paths" --token "$token" \
         --connections "$CONNECTIONS" --seconds "$seconds" --json "$@"
 }
-field() { python3 -c "import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 echo "[bench] first pass over the proofs, tile cache empty"
 cold=$(load proofs "$AUDITOR" 5)

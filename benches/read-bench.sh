@@ -86,7 +86,6 @@ read_load() { # target, seconds, extra args…
     "$BIN/research-bench" read --target "$target" --paths "$WORK/paths" --connections "$CONNECTIONS" \
         --seconds "$seconds" --json "$@"
 }
-field() { python3 -c "import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 echo "[bench] warm-up pass"
 read_load "127.0.0.1:$QUERY_PORT" 3 --token "$READER" >/dev/null

@@ -41,7 +41,6 @@ wait_ready "http://127.0.0.1:$QUERY_PORT/readyz"
 TOKEN=$("$BIN/mint-token" --sub bench --roles writer,reader)
 QUERY="http://127.0.0.1:$QUERY_PORT"
 STUDY=(--study-file "$WORK/study.json")
-field() { python3 -c "import json,sys; print(round(json.loads(sys.argv[1])['$2'], 2))" "$1"; }
 
 printf '\n%-6s %5s %12s %10s %8s %8s %8s %8s %6s\n' step round "background/s" probes "p50 ms" "p99 ms" "max ms" "503" failed
 for ROUND in $(seq 1 "$ROUNDS"); do

@@ -15,23 +15,14 @@ bench_setup write
 # The baseline table: the events table's shape without its append-only
 # triggers, and the same real weather row as payload.
 "${PSQL[@]}" -d "$DB" -c "CREATE TABLE bench_events (LIKE events INCLUDING ALL); CREATE SEQUENCE bench_seq"
-cat >"$WORK/insert.sql" <<'SQL'
-INSERT INTO bench_events (position, event_id, aggregate_type, aggregate_id, stream_version, study_id, event_type,
-  schema_version, data, actor, reason, correlation_id, causation_id, recorded_at, prevhash, hash)
-VALUES (nextval('bench_seq'), gen_random_uuid(), 'observation', gen_random_uuid(), 1, gen_random_uuid(),
-  'research.observation.recorded.v1', 1,
-  '{"comment":null,"observation_id":"0192f0c1-0000-7000-8000-000000000001","observed_at":"2013-01-01T06:00:00Z","study_id":"0192f0c1-0000-7000-8000-000000000002","subject_id":"0192f0c1-0000-7000-8000-000000000003","values":{"dewpoint_f":26.06,"humidity_pct":59.37,"precip_in":0.0,"pressure_mbar":1012.0,"temp_f":39.02,"visibility_mi":10.0,"wind_dir_deg":270.0,"wind_gust_mph":null,"wind_speed_mph":10.357019999999999}}',
-  'bench', NULL, 'bench', 'bench', now(), decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'));
-SQL
 
 pgbench_tps() {
-    pgbench -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -n -c "$1" -j 2 -T "$SECONDS_PER_RUN" -f "$WORK/insert.sql" "$DB" 2>/dev/null \
+    pgbench -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -n -c "$1" -j 2 -T "$SECONDS_PER_RUN" -f benches/event-insert.sql "$DB" 2>/dev/null \
         | awk '/^tps = / {print $3}'
 }
 api_run() {
     "$BIN/research-bench" write --api "$API" --token "$TOKEN" --seconds "$SECONDS_PER_RUN" --json "$@"
 }
-field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 printf '\n%-12s %14s %14s %8s %10s %10s\n' clients "pgbench tx/s" "api appends/s" ratio "p50 ms" "p99 ms"
 best=0

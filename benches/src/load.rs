@@ -24,11 +24,7 @@ impl Report {
     }
 
     pub fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((p / 100.0) * (self.latencies_us.len() - 1) as f64).round() as usize;
-        self.latencies_us[i] as f64 / 1000.0
+        percentile_ms(&self.latencies_us, p)
     }
 
     pub fn summary(&self) -> String {
@@ -43,6 +39,16 @@ impl Report {
             self.percentile_ms(100.0)
         )
     }
+}
+
+/// The `p`th percentile, in milliseconds, of sorted microseconds (NaN when
+/// there are none).
+pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted_us.len() - 1) as f64).round() as usize;
+    sorted_us[i] as f64 / 1000.0
 }
 
 /// Runs `send` from `connections` tasks for `duration`. With `rate`, the

@@ -386,16 +386,6 @@ struct Probes {
     failed: u64,
 }
 
-impl Probes {
-    fn percentile_ms(&self, p: f64) -> f64 {
-        if self.visible_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((p / 100.0) * (self.visible_us.len() - 1) as f64).round() as usize;
-        self.visible_us[i] as f64 / 1000.0
-    }
-}
-
 /// Records observations under `load` in the background and, `per_second`
 /// times a second, one more whose document is then read from the query API
 /// with the command's `Consistency-Token`: the time from the command's
@@ -448,9 +438,9 @@ async fn visible(
     let mut probes = std::mem::take(&mut *probes.lock().unwrap_or_else(|e| e.into_inner()));
     probes.visible_us.sort_unstable();
     let (p50, p99, max) = (
-        probes.percentile_ms(50.0),
-        probes.percentile_ms(99.0),
-        probes.percentile_ms(100.0),
+        load::percentile_ms(&probes.visible_us, 50.0),
+        load::percentile_ms(&probes.visible_us, 99.0),
+        load::percentile_ms(&probes.visible_us, 100.0),
     );
     if as_json {
         println!(
