@@ -72,6 +72,9 @@ ensure_package() {
 # --- Tools the tests use ---------------------------------------------------
 ensure_package python3 python3
 ensure_package curl curl
+# Prometheus (scripts/start.sh runs it) and promtool (the tests check the
+# rules with it).
+ensure_package promtool prometheus
 
 # --- PostgreSQL primary -------------------------------------------------
 ensure_package pg_ctlcluster postgresql

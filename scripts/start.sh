@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the whole system on this machine: the infrastructure, then the
-# services (built in release mode), then loads the real penguin data through
+# services (built in release mode) and a Prometheus that scrapes them with
+# the project's rules (deploy/prometheus), then loads the real penguin data through
 # the command API and prints a token for each role, and the verifier key of
 # the development key (made once in .run/) that signs the log's checkpoints.
 # Services that already answer are left as they are. Logs and pid files go
@@ -52,6 +53,23 @@ start_service command-api "$COMMAND_API_ADDR"
 start_service projector "$PROJECTOR_ADDR"
 start_service query-api "$QUERY_API_ADDR"
 
+# Prometheus, with the project's scrape configuration pointed at the
+# addresses above and its alert rules; its data stays in .run/prometheus.
+if curl -fsS "http://$PROMETHEUS_ADDR/-/ready" >/dev/null 2>&1; then
+    echo "[start] Prometheus already answers on $PROMETHEUS_ADDR"
+else
+    echo "[start] starting Prometheus on $PROMETHEUS_ADDR (log: .run/prometheus.log)"
+    mkdir -p .run/prometheus
+    sed -e "s/127.0.0.1:8081/$COMMAND_API_ADDR/" -e "s/127.0.0.1:8082/$QUERY_API_ADDR/" \
+        -e "s/127.0.0.1:8083/$PROJECTOR_ADDR/" deploy/prometheus/prometheus.yml >.run/prometheus/prometheus.yml
+    cp deploy/prometheus/rules.yml .run/prometheus/rules.yml
+    nohup prometheus --config.file=.run/prometheus/prometheus.yml \
+        --storage.tsdb.path=.run/prometheus/data --web.listen-address="$PROMETHEUS_ADDR" \
+        >.run/prometheus.log 2>&1 &
+    echo $! >.run/prometheus.pid
+    wait_ready "http://$PROMETHEUS_ADDR/-/ready" prometheus
+fi
+
 mint() { "$BIN/mint-token" --sub "$1" --roles "$2"; }
 WRITER=$(mint importer writer)
 echo "[start] loading the Palmer penguins through the command API"
@@ -67,6 +85,9 @@ Tokens for one day (role: token):
   reviewer: $(mint reviewer-1 reviewer)
   reader:   $(mint reader-1 reader)
   auditor:  $(mint auditor-1 auditor)
+
+Prometheus: http://$PROMETHEUS_ADDR (alerts: /alerts; dashboard to import into Grafana:
+deploy/grafana/research-records.json; runbook: docs/operations.md).
 
 Checkpoints of the log are signed with the key whose verifier key is:
   ${VERIFIER_KEY:-(the key given in LOG_SIGNING_KEY)}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stops the services started by scripts/start.sh (SIGTERM: they finish
-# in-flight work first). The infrastructure keeps running.
+# Stops the services and the Prometheus started by scripts/start.sh
+# (SIGTERM: they finish in-flight work first). The infrastructure keeps
+# running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for pidfile in .run/*.pid; do

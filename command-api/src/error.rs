@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use shared::domain::DomainError;
 use shared::problem::Problem;
-use shared::store::AppendError;
+use shared::store::{outage, AppendError};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +76,8 @@ impl ApiError {
             Self::Append(AppendError::Closed) => {
                 Problem::unavailable("the service is shutting down")
             }
-            Self::Append(AppendError::Store(cause)) => {
-                internal_or_unavailable(&format!("{cause:#}"))
+            Self::Append(AppendError::Store(fault)) => {
+                internal_or_unavailable(&format!("{fault:#}"), outage::is_unavailable(&fault.cause))
             }
             Self::PreconditionFailed { current, expected } => Problem::new(
                 StatusCode::PRECONDITION_FAILED,
@@ -88,27 +88,25 @@ impl ApiError {
                 ),
             )
             .with("current_version", *current),
-            Self::Internal(cause) => internal_or_unavailable(&format!("{cause:#}")),
+            Self::Internal(cause) => internal_or_unavailable(
+                &format!("{cause:#}"),
+                outage::chain_is_unavailable(cause.as_ref()),
+            ),
         }
     }
 }
 
-/// A database that cannot be reached is a `503` the client may retry; any
-/// other fault is a `500`. Both are logged with their cause, which the client
-/// never sees.
-fn internal_or_unavailable(cause: &str) -> Problem {
+/// A database that cannot serve now (`outage`: unreachable, restarting, out
+/// of connections or space) is a `503` the client may retry; any other fault
+/// is a `500`. Both are logged with their cause, which the client never sees.
+fn internal_or_unavailable(cause: &str, unavailable: bool) -> Problem {
     let correlation_id = Uuid::now_v7().to_string();
-    let unreachable = [
-        "pool timed out",
-        "connection refused",
-        "Connection refused",
-        "connection reset",
-        "broken pipe",
-    ]
-    .iter()
-    .any(|s| cause.contains(s));
-    tracing::error!(correlation_id, cause, "command failed");
-    if unreachable {
+    if unavailable {
+        tracing::warn!(correlation_id, cause, "the event store cannot serve");
+    } else {
+        tracing::error!(correlation_id, cause, "command failed");
+    }
+    if unavailable {
         Problem::unavailable("the event store cannot be reached; retry shortly")
             .with("correlation_id", correlation_id)
     } else {

@@ -126,7 +126,14 @@ fn int_param(
     }
 }
 
-fn internal(error: impl std::fmt::Display) -> Problem {
+/// A replica that cannot serve now is a `503` with `Retry-After`; any other
+/// fault an opaque `500` whose cause is logged under its correlation id.
+fn internal<E: std::fmt::Display + 'static>(error: E) -> Problem {
+    let database = (&error as &dyn std::any::Any).downcast_ref::<sqlx::Error>();
+    if database.is_some_and(shared::store::outage::is_unavailable) {
+        tracing::warn!(%error, "the read replica cannot serve");
+        return Problem::unavailable("the read replica cannot be reached");
+    }
     let correlation_id = Uuid::now_v7().to_string();
     tracing::error!(correlation_id, %error, "audit read failed");
     Problem::internal(&correlation_id)

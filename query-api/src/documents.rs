@@ -26,16 +26,13 @@ pub enum LoadError {
 
 impl From<sqlx::Error> for LoadError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!(%error, "the read replica cannot be reached");
-                LoadError::Unavailable
-            }
-            other => {
-                let correlation_id = uuid::Uuid::now_v7().to_string();
-                tracing::error!(correlation_id, error = %other, "reading the replica failed");
-                LoadError::Internal(correlation_id)
-            }
+        if shared::store::outage::is_unavailable(&error) {
+            tracing::warn!(%error, "the read replica cannot serve");
+            LoadError::Unavailable
+        } else {
+            let correlation_id = uuid::Uuid::now_v7().to_string();
+            tracing::error!(correlation_id, %error, "reading the replica failed");
+            LoadError::Internal(correlation_id)
         }
     }
 }

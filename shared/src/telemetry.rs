@@ -47,8 +47,9 @@ pub async fn shutdown_signal() {
 
 /// Installs the Prometheus recorder once per process, with a thread that
 /// folds the recorded histogram samples into their buckets every few
-/// seconds: without it they pile up in memory until the next scrape (and
-/// without a scraper, forever).
+/// seconds (without it they pile up in memory until the next scrape, and
+/// without a scraper, forever) and samples the process's own resources
+/// ([`sample_process`]).
 pub fn install_metrics() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
@@ -66,6 +67,7 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())
                 .spawn(move || loop {
+                    sample_process();
                     std::thread::sleep(std::time::Duration::from_secs(2));
                     upkeep.run_upkeep();
                 })
@@ -73,4 +75,49 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
             Some(handle)
         })
         .clone()
+}
+
+/// Sets `process_resident_memory_bytes`, `process_open_fds` and
+/// `process_max_fds` from `/proc/self` (Linux; elsewhere nothing is set),
+/// the figures an operator watches for leaks over a long run.
+fn sample_process() {
+    if let Some(resident_kib) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| field(&s, "VmRSS:"))
+    {
+        metrics::gauge!("process_resident_memory_bytes").set(resident_kib * 1024.0);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("process_open_fds").set(fds.count() as f64);
+    }
+    if let Some(limit) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| max_open_files(&s))
+    {
+        metrics::gauge!("process_max_fds").set(limit);
+    }
+}
+
+/// The soft limit on open files in the text of `/proc/self/limits`.
+fn max_open_files(limits: &str) -> Option<f64> {
+    field(limits, "Max open files")
+}
+
+/// The first number after `name` on the line that starts with it.
+fn field(text: &str, name: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..].split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_files_limit_is_read_from_proc_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max cpu time              unlimited            unlimited            seconds   \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(super::max_open_files(limits), Some(1024.0));
+        assert_eq!(super::max_open_files("Max cpu time unlimited"), None);
+        assert_eq!(super::field("VmRSS:\t  5120 kB\n", "VmRSS:"), Some(5120.0));
+    }
 }

@@ -35,6 +35,8 @@ pub fn nats_url() -> String {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// The server's maintenance database, which drops this one at the end.
+    admin: String,
 }
 
 /// The database roles of the services (made by `scripts/infra.sh`).
@@ -59,10 +61,16 @@ impl DbRole {
 
 impl TestDb {
     pub async fn create() -> Self {
+        Self::create_on(&admin_url()).await
+    }
+
+    /// A database of its own on the server whose maintenance database
+    /// `admin_url` names (a role with CREATEDB).
+    pub async fn create_on(admin_url: &str) -> Self {
         let name = format!("t_{}", Uuid::new_v4().simple());
         let admin = PgPoolOptions::new()
             .max_connections(1)
-            .connect(&admin_url())
+            .connect(admin_url)
             .await
             .expect("connecting to the test PostgreSQL server (is scripts/infra.sh done?)");
         sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -70,12 +78,15 @@ impl TestDb {
             .await
             .expect("creating a test database");
         admin.close().await;
-        let base = admin_url();
         let url = format!(
             "{}/{name}",
-            &base[..base.rfind('/').expect("a URL with a database")]
+            &admin_url[..admin_url.rfind('/').expect("a URL with a database")]
         );
-        let db = Self { name, url };
+        let db = Self {
+            name,
+            url,
+            admin: admin_url.to_owned(),
+        };
         let owner = db.pool().await;
         shared::MIGRATOR
             .run(&owner)
@@ -117,6 +128,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let admin_url = self.admin.clone();
         // Drop runs outside async context guarantees: use a thread of its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -126,7 +138,8 @@ impl Drop for TestDb {
                 rt.block_on(async {
                     if let Ok(admin) = PgPoolOptions::new()
                         .max_connections(1)
-                        .connect(&admin_url())
+                        .acquire_timeout(Duration::from_secs(5))
+                        .connect(&admin_url)
                         .await
                     {
                         let _ =
@@ -139,6 +152,164 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// A PostgreSQL server of its own (`initdb` in a scratch directory, on a
+/// free port, trust authentication, the services' roles made), for a test
+/// that stops and restarts it; removed when dropped. When the tests run as
+/// root the server runs as `postgres`, as `scripts/infra.sh` does.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    as_postgres: bool,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> Self {
+        use std::os::unix::fs::MetadataExt;
+
+        let bin = postgres_bin();
+        let dir = std::env::temp_dir().join(format!("pg-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir(&dir).expect("a scratch directory");
+        let as_postgres = std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0);
+        if as_postgres {
+            let id = |flag: &str| -> u32 {
+                let out = std::process::Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .expect("id");
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .expect("the postgres user (installed with PostgreSQL)")
+            };
+            std::os::unix::fs::chown(&dir, Some(id("-u")), Some(id("-g")))
+                .expect("handing the scratch directory to postgres");
+        }
+        let server = Self {
+            port: free_port(),
+            dir,
+            bin,
+            as_postgres,
+        };
+        let data = server.data();
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "research",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        let conf = format!(
+            "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nmax_connections = 60\n",
+            server.port,
+            server.dir.display()
+        );
+        let conf_path = server.dir.join("data/postgresql.auto.conf");
+        let mut all = std::fs::read_to_string(&conf_path).unwrap_or_default();
+        all.push_str(&conf);
+        std::fs::write(&conf_path, all).expect("configuring the private server");
+        server.start_server();
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&server.admin_url())
+            .await
+            .expect("connecting to the private server");
+        for role in DbRole::ALL {
+            sqlx::query(&format!("CREATE ROLE {} LOGIN", role.name()))
+                .execute(&admin)
+                .await
+                .expect("creating a service role");
+        }
+        admin.close().await;
+        server
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://research@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start_server(&self) {
+        let log = self.dir.join("server.log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "start"]);
+    }
+
+    /// Stops the server as an operator's restart does (`-m fast`: sessions
+    /// are ended, open transactions rolled back).
+    pub fn stop_server(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let path = self.bin.join(tool);
+        let mut command = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            std::process::Command::new(&path)
+        };
+        let out = command
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let path = self.bin.join("pg_ctl");
+        let data = self.data();
+        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
+        let _ = if self.as_postgres {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&path)
+                .args(args)
+                .output()
+        } else {
+            std::process::Command::new(&path).args(args).output()
+        };
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The directory of PostgreSQL's server programs: `TEST_PG_BIN`, or the
+/// newest `/usr/lib/postgresql/<major>/bin` (Debian's layout).
+fn postgres_bin() -> std::path::PathBuf {
+    if let Ok(dir) = std::env::var("TEST_PG_BIN") {
+        return dir.into();
+    }
+    let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's server programs under /usr/lib/postgresql (or TEST_PG_BIN)")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let major = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().expect("an initdb under /usr/lib/postgresql").1
 }
 
 /// A JetStream stream and subject prefix of its own, deleted at the end.

@@ -9,6 +9,7 @@
 //! other batch can. A request that fails its own checks fails alone.
 
 mod appender;
+pub mod outage;
 mod reader;
 
 use std::sync::Arc;
