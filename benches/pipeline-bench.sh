@@ -106,12 +106,7 @@ baseline() {
     local db=bench_pipe_raw_$(date +%s)
     CURRENT_DB=$db
     "${PSQL[@]}" -d postgres -c "CREATE DATABASE $db"
-    "${PSQL[@]}" -d "$db" -c "CREATE TABLE bench_events (position bigint PRIMARY KEY, event_id uuid NOT NULL UNIQUE,
-        aggregate_type text NOT NULL, aggregate_id uuid NOT NULL, stream_version bigint NOT NULL, study_id uuid NOT NULL,
-        event_type text NOT NULL, schema_version smallint NOT NULL, data json NOT NULL, actor text NOT NULL, reason text,
-        correlation_id text NOT NULL, causation_id text NOT NULL, recorded_at timestamptz NOT NULL,
-        prevhash bytea NOT NULL, hash bytea NOT NULL, UNIQUE (aggregate_id, stream_version));
-        CREATE INDEX ON bench_events (study_id, position); CREATE SEQUENCE bench_seq"
+    "${PSQL[@]}" -d "$db" -f benches/event-table.sql
     local cpu0 wal0 cpu1 wal1 rows
     cpu0=$(busy_jiffies); wal0=$(wal_lsn)
     pgbench -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -n -c "$CLIENTS" -j 2 -T "$SECONDS_PER_RUN" \

@@ -133,6 +133,20 @@ fi
 # grant replicates). Idempotent.
 psql_admin -c "GRANT EXECUTE ON FUNCTION pg_wal_replay_pause(), pg_wal_replay_resume() TO $DB_USER"
 
+# pg_stat_statements, whose per-statement times the benchmark report reads:
+# a library loaded at start-up, so enabling it restarts the primary once.
+if [ "$(psql_admin -c "SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_stat_statements'")" = 1 ]; then
+    preload=$(psql_admin -c 'SHOW shared_preload_libraries')
+    if [[ ",$preload," != *",pg_stat_statements,"* ]]; then
+        say "enabling pg_stat_statements (restarts PostgreSQL $PG_MAJOR/main once)"
+        psql_admin -c "ALTER SYSTEM SET shared_preload_libraries = '${preload:+$preload,}pg_stat_statements'" >/dev/null
+        as_root pg_ctlcluster --skip-systemctl-redirect "$PG_MAJOR" main restart
+        wait_accepting "$PG_PORT" PostgreSQL
+    fi
+    psql_admin -c "SET client_min_messages = warning" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
+    psql_admin -c "SET client_min_messages = warning" -c "GRANT pg_read_all_stats TO $DB_USER" >/dev/null
+fi
+
 # Streaming replication from 127.0.0.1 for the standby.
 HBA=$(psql_admin -c 'SHOW hba_file')
 if ! as_root grep -Eq "^host[[:space:]]+replication[[:space:]]+($DB_USER|all)[[:space:]]+127\.0\.0\.1/32" "$HBA"; then
@@ -151,6 +165,15 @@ if port_open "$REPLICA_PORT"; then
     wait_accepting "$REPLICA_PORT" "the hot standby"
     standby_ok || die "port $REPLICA_PORT is taken by something that is not a hot standby"
     say "hot standby already runs on $REPLICA_PORT"
+    # A standby made before it loaded pg_stat_statements: load it now (the
+    # standby is ours when its directory is).
+    if as_root test -f "$REPLICA_DIR/standby.signal" && \
+        ! as_root grep -q "^shared_preload_libraries.*pg_stat_statements" "$REPLICA_DIR/postgresql.conf"; then
+        say "loading pg_stat_statements on the hot standby (restarts it once)"
+        echo "shared_preload_libraries = 'pg_stat_statements'" | as_postgres tee -a "$REPLICA_DIR/postgresql.conf" >/dev/null
+        as_postgres "$PG_BIN/pg_ctl" -D "$REPLICA_DIR" -l "$REPLICA_DIR/standby.log" -w restart >/dev/null
+        wait_accepting "$REPLICA_PORT" "the hot standby"
+    fi
 else
     if ! as_root test -f "$REPLICA_DIR/standby.signal"; then
         say "creating a hot standby in $REPLICA_DIR (pg_basebackup, streaming replication)"
@@ -172,6 +195,7 @@ hot_standby_feedback = on
 max_connections = 200
 shared_buffers = 256MB
 logging_collector = off
+shared_preload_libraries = 'pg_stat_statements'
 CONF
         as_postgres tee "$REPLICA_DIR/pg_hba.conf" >/dev/null <<CONF
 local all all peer

@@ -4,4 +4,8 @@
 
 pub mod datasets;
 pub mod load;
+pub mod mix;
 pub mod raw_http;
+pub mod report;
+pub mod study;
+pub mod svg;

@@ -172,7 +172,7 @@ where
 
 /// The open loop's pacer: a thread that hands out ticket `n` at
 /// `started + n * interval` until `deadline`.
-fn pacer(
+pub fn pacer(
     started: Instant,
     deadline: Instant,
     interval: Duration,

@@ -4,14 +4,16 @@
 //! GETs a list of paths (real documents) from any HTTP server; both at a
 //! fixed number of connections, closed loop (maximum rate) or at a fixed
 //! rate. `static-server` is the ceiling `read` is compared with: a minimal
-//! axum handler answering a fixed body.
+//! axum handler answering a fixed body. `mix` drives the running services
+//! with the mixed, open-loop workload of `benches/report.sh`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use benches::datasets;
 use benches::load;
+use benches::mix;
+use benches::study::{bench_study, post, weather_data};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -132,6 +134,48 @@ enum What {
         #[arg(long, default_value_t = 100_000)]
         batch: i64,
     },
+    /// The mixed workload at a fixed arrival rate (open loop) against the
+    /// running services: records, corrections, retractions, reviews and
+    /// approvals, document and page reads, exports, audit reads, and reads
+    /// carrying a write's `Consistency-Token`, from the real weather data;
+    /// per operation latency percentiles (HDR histograms), statuses and a
+    /// time series; at the end every accepted write is checked against the
+    /// log. Writes the JSON report to OUT (standard output when absent).
+    Mix {
+        #[arg(long, env = "COMMAND_API_URL", default_value = "http://127.0.0.1:8081")]
+        api: String,
+        #[arg(long, env = "QUERY_API_URL", default_value = "http://127.0.0.1:8082")]
+        query: String,
+        /// The services' token secret: the run mints a writer, a reviewer,
+        /// a reader and an auditor.
+        #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// Operations per second in total.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Seconds per point of the time series.
+        #[arg(long, default_value_t = 5.0)]
+        interval: f64,
+        /// Proportions, `name=weight,…` (record, correct, retract, sign,
+        /// token_read, read_observation, read_subject, read_study, page,
+        /// export, audit).
+        #[arg(long, default_value = mix::DEFAULT_MIX)]
+        mix: String,
+        /// Seed of the draws (the same seed draws the same sequence).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Operations in flight at most.
+        #[arg(long, default_value_t = 256)]
+        max_in_flight: usize,
+        /// Observations recorded before the clock starts.
+        #[arg(long, default_value_t = 200)]
+        warm_up: usize,
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Delete a JetStream stream left by a benchmark run.
     DropStream {
         name: String,
@@ -245,6 +289,43 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        What::Mix {
+            api,
+            query,
+            secret,
+            rate,
+            seconds,
+            interval,
+            mix: proportions,
+            seed,
+            max_in_flight,
+            warm_up,
+            out,
+        } => {
+            if !(rate > 0.0 && rate.is_finite() && interval > 0.0 && interval.is_finite()) {
+                bail!("--rate and --interval must be positive");
+            }
+            let settings = mix::Settings {
+                api,
+                query,
+                secret,
+                rate,
+                duration: Duration::from_secs(seconds),
+                interval: Duration::from_secs_f64(interval),
+                mix: mix::Mix::parse(&proportions)?,
+                seed,
+                max_in_flight,
+                warm_up_records: warm_up,
+            };
+            let report = mix::run(settings).await?;
+            let text = serde_json::to_string_pretty(&report)?;
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => println!("{text}"),
+            }
+            Ok(())
+        }
         What::DropStream { name, nats } => {
             let client = async_nats::connect(&nats)
                 .await
@@ -264,50 +345,6 @@ struct Load {
     connections: usize,
     seconds: u64,
     rate: Option<f64>,
-}
-
-/// A benchmark study: the weather data set registered under a code of its
-/// own, one subject per station (in the data set's order).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct BenchStudy {
-    study_id: String,
-    subjects: Vec<String>,
-}
-
-/// The study named by `file`, or a new one (written to `file` when given).
-async fn bench_study(
-    client: &reqwest::Client,
-    api: &str,
-    token: &str,
-    data: &datasets::StudyData,
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<BenchStudy> {
-    if let Some(file) = file.filter(|f| f.exists()) {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        return serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()));
-    }
-    let mut body = data.register_body();
-    body["code"] = json!(format!("BENCH-{}", uuid::Uuid::now_v7().simple()));
-    let registered: Value = post(client, api, token, "/v1/studies", &body).await?;
-    let study_id = registered["id"].as_str().context("a study id")?.to_owned();
-    let mut subjects = Vec::new();
-    for subject in &data.subjects {
-        let body = json!({"label": subject.label, "attributes": subject.attributes});
-        let path = format!("/v1/studies/{study_id}/subjects");
-        let r = post(client, api, token, &path, &body).await?;
-        subjects.push(r["id"].as_str().context("a subject id")?.to_owned());
-    }
-    let study = BenchStudy { study_id, subjects };
-    if let Some(file) = file {
-        std::fs::write(file, serde_json::to_vec(&study)?)
-            .with_context(|| format!("writing {}", file.display()))?;
-    }
-    Ok(study)
-}
-
-fn weather_data() -> anyhow::Result<datasets::StudyData> {
-    datasets::weather(&datasets::data_dir().join("nyc_weather_2013.csv"), "bench")
 }
 
 /// `(url, body)` of a RecordObservation for every weather row, into the
@@ -573,27 +610,6 @@ async fn prefill(
         }
     }
     Ok(())
-}
-
-async fn post(
-    client: &reqwest::Client,
-    api: &str,
-    token: &str,
-    path: &str,
-    body: &Value,
-) -> anyhow::Result<Value> {
-    let r = client
-        .post(format!("{api}{path}"))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await?;
-    let status = r.status();
-    let body: Value = r.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!("POST {path}: {status} {body}");
-    }
-    Ok(body)
 }
 
 async fn read(

@@ -56,7 +56,9 @@ mod tests {
 
     #[test]
     fn restarts_and_exhaustion_are_unavailability_and_bad_data_is_not() {
-        for code in ["08006", "08001", "57P01", "57P03", "53100", "53300", "40001"] {
+        for code in [
+            "08006", "08001", "57P01", "57P03", "53100", "53300", "40001",
+        ] {
             assert!(unavailable_sqlstate(code), "{code}");
         }
         for code in ["23505", "22021", "54000", "42P01", "XX000", "57014"] {

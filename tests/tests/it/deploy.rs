@@ -87,7 +87,9 @@ fn series_in(expr: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut rest = clean.as_str();
     while let Some(start) = rest.find(is_word) {
-        let len = rest[start..].find(|c| !is_word(c)).unwrap_or(rest.len() - start);
+        let len = rest[start..]
+            .find(|c| !is_word(c))
+            .unwrap_or(rest.len() - start);
         let token = &rest[start..start + len];
         rest = &rest[start + len..];
         let called = rest.trim_start().starts_with('(');
@@ -124,9 +126,8 @@ fn the_dashboard_and_the_rules_use_only_documented_metrics() {
         .filter_map(|l| l.trim().strip_prefix("- record: "))
         .map(str::to_owned)
         .collect();
-    let known = |name: &str| {
-        name == "up" || recorded.contains(name) || documented.contains(family(name))
-    };
+    let known =
+        |name: &str| name == "up" || recorded.contains(name) || documented.contains(family(name));
 
     // Every expression of the rules file (single-line and folded ones).
     let mut exprs = Vec::new();
@@ -206,9 +207,16 @@ fn series_are_told_from_functions_labels_and_keywords() {
     );
     assert_eq!(
         names.into_iter().collect::<Vec<_>>(),
-        ["http_request_duration_seconds_bucket", "job:http_requests:rate5m", "up"]
+        [
+            "http_request_duration_seconds_bucket",
+            "job:http_requests:rate5m",
+            "up"
+        ]
     );
-    assert_eq!(family("projector_apply_seconds_bucket"), "projector_apply_seconds");
+    assert_eq!(
+        family("projector_apply_seconds_bucket"),
+        "projector_apply_seconds"
+    );
 }
 
 #[tokio::test]
