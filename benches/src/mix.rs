@@ -271,13 +271,17 @@ impl Stats {
         }
     }
 
-    fn record(&mut self, op: Op, micros: u64, status: Option<u16>) {
+    fn record(&mut self, op: Op, micros: u64, status: Option<u16>, problem: Option<&str>) {
         let _ = self
             .latency
             .entry(op)
             .or_insert_with(histogram)
             .record(micros.max(1));
-        let key = status.map_or_else(|| "transport".to_owned(), |s| s.to_string());
+        let key = match (status, problem) {
+            (Some(s), Some(p)) => format!("{s} {p}"),
+            (Some(s), None) => s.to_string(),
+            (None, _) => "transport".to_owned(),
+        };
         *self.statuses.entry(op).or_default().entry(key).or_default() += 1;
     }
 
@@ -374,11 +378,11 @@ impl Draws {
 pub async fn run(settings: Settings) -> anyhow::Result<MixReport> {
     let world = Arc::new(setup(&settings).await?);
     let first_position = head(&world).await?;
-    warm_up(&world, settings.warm_up_records).await?;
+    let warmed = warm_up(&world, settings.warm_up_records).await?;
 
     let stats = Arc::new(Mutex::new(Stats::new()));
     let intervals: Arc<Mutex<Vec<Stats>>> = Arc::new(Mutex::new(Vec::new()));
-    let accepted: Arc<Mutex<Vec<Accepted>>> = Arc::new(Mutex::new(Vec::new()));
+    let accepted: Arc<Mutex<Vec<Accepted>>> = Arc::new(Mutex::new(warmed));
     let permits = Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight.max(1)));
     let started = Instant::now();
     let started_unix_s = std::time::SystemTime::now()
@@ -420,10 +424,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<MixReport> {
         tasks.spawn(async move {
             let outcome = perform(&world, op, pick).await;
             let micros = due.elapsed().as_micros() as u64;
-            let status = outcome.status;
+            let (status, problem) = (outcome.status, outcome.problem.as_deref());
             {
                 let mut all = stats.lock().expect("stats lock");
-                all.record(op, micros, status);
+                all.record(op, micros, status, problem);
                 if let Some(v) = outcome.visible_us {
                     let _ = all.visible.record(v.max(1));
                 }
@@ -433,7 +437,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<MixReport> {
                 while per.len() <= slot {
                     per.push(Stats::new());
                 }
-                per[slot].record(op, micros, status);
+                per[slot].record(op, micros, status, problem);
                 if let Some(v) = outcome.visible_us {
                     let _ = per[slot].visible.record(v.max(1));
                 }
@@ -518,6 +522,8 @@ fn progress(stats: &Mutex<Stats>, settings: &Settings, started: Instant, slot: u
 #[derive(Default)]
 struct Outcome {
     status: Option<u16>,
+    /// The last part of the problem's `type`, for an error answer.
+    problem: Option<String>,
     accepted: Option<Accepted>,
     visible_us: Option<u64>,
 }
@@ -555,15 +561,23 @@ async fn setup(settings: &Settings) -> anyhow::Result<World> {
     })
 }
 
-async fn warm_up(world: &World, records: usize) -> anyhow::Result<()> {
+/// Records `records` observations one after the other; answers them, for
+/// the integrity check.
+async fn warm_up(world: &World, records: usize) -> anyhow::Result<Vec<Accepted>> {
     let mut draws = Draws(0x5eed);
+    let mut accepted = Vec::new();
     for _ in 0..records {
         let outcome = record(world, draws.next_f64()).await;
-        if outcome.status != Some(201) {
-            bail!("warming up: a record answered {:?}", outcome.status);
+        match outcome.accepted {
+            Some(a) if outcome.status == Some(201) => accepted.push(a),
+            _ => bail!(
+                "warming up: a record answered {:?} {:?}",
+                outcome.status,
+                outcome.problem
+            ),
         }
     }
-    Ok(())
+    Ok(accepted)
 }
 
 /// The newest position of the log, from the audit head.
@@ -671,14 +685,25 @@ async fn get_as(world: &World, path: &str, auth: &str, token: Option<i64>) -> Ou
         Ok(r) => {
             let status = r.status().as_u16();
             // Read the whole body: an export streams until its end.
-            let _ = r.bytes().await;
+            let body = r.bytes().await.unwrap_or_default();
+            let problem = (status >= 400)
+                .then(|| serde_json::from_slice::<Value>(&body).ok())
+                .flatten();
             Outcome {
                 status: Some(status),
+                problem: problem.as_ref().and_then(problem_slug),
                 ..Outcome::default()
             }
         }
         Err(_) => Outcome::default(),
     }
+}
+
+/// The last part of an RFC 9457 problem's `type` (`rule-name`).
+fn problem_slug(problem: &Value) -> Option<String> {
+    let rule = problem["rule"].as_str();
+    let slug = problem["type"].as_str()?.rsplit('/').next()?;
+    Some(rule.map_or_else(|| slug.to_owned(), |r| format!("{slug}: {r}")))
 }
 
 async fn post(world: &World, path: &str, auth: &str, body: &Value) -> (Option<u16>, Value) {
@@ -696,6 +721,12 @@ async fn post(world: &World, path: &str, auth: &str, body: &Value) -> (Option<u1
         }
         Err(_) => (None, Value::Null),
     }
+}
+
+fn error_slug(status: Option<u16>, answer: &Value) -> Option<String> {
+    status
+        .filter(|s| *s >= 400)
+        .and_then(|_| problem_slug(answer))
 }
 
 fn accepted(status: Option<u16>, answer: &Value, aggregate: Uuid) -> Option<Accepted> {
@@ -740,6 +771,7 @@ async fn record(world: &World, u: f64) -> Outcome {
     }
     Outcome {
         status,
+        problem: error_slug(status, &answer),
         accepted,
         visible_us: None,
     }
@@ -772,6 +804,7 @@ async fn correct(world: &World, u: f64) -> Outcome {
     let (status, answer) = post(world, &path, &world.writer, &body).await;
     Outcome {
         accepted: accepted(status, &answer, o.id),
+        problem: error_slug(status, &answer),
         status,
         visible_us: None,
     }
@@ -793,6 +826,7 @@ async fn retract(world: &World, u: f64) -> Outcome {
     }
     Outcome {
         status,
+        problem: error_slug(status, &answer),
         accepted,
         visible_us: None,
     }
@@ -809,6 +843,7 @@ async fn sign(world: &World, u: f64) -> Outcome {
     let (status, answer) = post(world, &path, &world.reviewer, &json!({"meaning": meaning})).await;
     Outcome {
         accepted: accepted(status, &answer, o.id),
+        problem: error_slug(status, &answer),
         status,
         visible_us: None,
     }
@@ -831,6 +866,7 @@ async fn token_read(world: &World, u: f64) -> Outcome {
     .await;
     Outcome {
         status: read.status,
+        problem: read.problem,
         accepted: Some(a),
         visible_us: (read.status == Some(200)).then(|| answered.elapsed().as_micros() as u64),
     }

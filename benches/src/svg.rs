@@ -193,7 +193,17 @@ fn number(v: f64, step: f64) -> String {
     } else {
         (-step.log10().floor()) as usize
     };
-    format!("{v:.decimals$}")
+    // Round away a negative zero ("-0").
+    let text = format!("{v:.decimals$}");
+    if text
+        .trim_start_matches('-')
+        .chars()
+        .all(|c| c == '0' || c == '.')
+    {
+        text.trim_start_matches('-').to_owned()
+    } else {
+        text
+    }
 }
 
 /// Text made safe inside SVG and HTML.
@@ -217,6 +227,7 @@ mod tests {
         assert!((nice_step(0.013) - 0.02).abs() < 1e-12);
         assert_eq!(number(0.25, 0.05), "0.25");
         assert_eq!(number(1500.0, 500.0), "1500");
+        assert_eq!(number(-0.0001, 20.0), "0");
     }
 
     #[test]
