@@ -147,6 +147,14 @@ if [ "$(psql_admin -c "SELECT count(*) FROM pg_available_extensions WHERE name =
     psql_admin -c "SET client_min_messages = warning" -c "GRANT pg_read_all_stats TO $DB_USER" >/dev/null
 fi
 
+# Autovacuum: the read tables' hot rows are rewritten by nearly every event
+# and bloat without it (docs/operations.md). A server that runs with it off
+# gets it on (a reload, no restart).
+if [ "$(psql_admin -c 'SHOW autovacuum')" != on ]; then
+    say "turning autovacuum on (the read tables' hot rows need it)"
+    psql_admin -c "ALTER SYSTEM SET autovacuum = on" -c "SELECT pg_reload_conf()" >/dev/null
+fi
+
 # Streaming replication from 127.0.0.1 for the standby.
 HBA=$(psql_admin -c 'SHOW hba_file')
 if ! as_root grep -Eq "^host[[:space:]]+replication[[:space:]]+($DB_USER|all)[[:space:]]+127\.0\.0\.1/32" "$HBA"; then

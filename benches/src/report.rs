@@ -123,11 +123,19 @@ pub fn verdicts(report: &Value) -> Vec<Verdict> {
         ));
     }
     let hit = num(&report["service"]["hit_ratio_overall"]);
+    let tiers: Vec<String> = report["service"]["hit_ratio_by_tier"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(tier, v)| Some(format!("{tier} {:.1} %", num(v)? * 100.0)))
+        .collect();
     rows.push(verdict(
         "objective",
         "cache hit ratio (memory or Redis)",
         "> 90 %",
-        hit.map_or("not measured".to_owned(), |v| format!("{:.1} %", v * 100.0)),
+        hit.map_or("not measured".to_owned(), |v| {
+            format!("{:.1} % (per tier: {})", v * 100.0, tiers.join(", "))
+        }),
         hit.map(|v| v > 0.9),
     ));
     let memory = report["service"]["max_memory_bytes"].as_object();
@@ -309,6 +317,7 @@ pub fn soak_verdicts(report: &Value) -> Vec<Verdict> {
     for (key, what, relative, unit, scale) in [
         ("memory_bytes", "resident memory", 0.05, "MB", 1e6),
         ("open_fds", "open descriptors", 0.10, "", 1.0),
+        ("connections", "database sessions", 0.10, "", 1.0),
     ] {
         if let Some(jobs) = report["service"][key].as_object() {
             for (job, points) in jobs {

@@ -151,7 +151,17 @@ async fn service_figures(p: &Prometheus) -> anyhow::Result<Value> {
             "none",
         )
         .await?;
+    let by_tier = p
+        .at_end(
+            &format!(
+                "sum by (tier) (increase(query_cache_lookups_total{{result=\"hit\"}}[{window}])) \
+                 / sum by (tier) (increase(query_cache_lookups_total[{window}]))"
+            ),
+            "tier",
+        )
+        .await?;
     Ok(json!({
+        "hit_ratio_by_tier": by_tier,
         "memory_bytes": p.range(&format!("process_resident_memory_bytes{{{jobs}}}"), "job").await?,
         "open_fds": p.range(&format!("process_open_fds{{{jobs}}}"), "job").await?,
         "max_memory_bytes": p.at_end(&format!("max_over_time(process_resident_memory_bytes{{{jobs}}}[{window}])"), "job").await?,

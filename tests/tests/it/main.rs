@@ -18,3 +18,4 @@ mod publishing;
 mod reads;
 mod redis_cache;
 mod store;
+mod workload;

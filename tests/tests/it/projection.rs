@@ -355,8 +355,12 @@ async fn a_rebuild_switches_to_equal_tables_and_the_live_projector_carries_on() 
     assert_eq!(reached, head(&pool).await);
     assert_eq!(
         hot_table_parameters(&pool).await,
-        ["studies:fillfactor=50", "subjects:fillfactor=50"],
-        "the rebuilt tables keep room for HOT updates"
+        [
+            "checkpoint:autovacuum_vacuum_scale_factor=0,autovacuum_vacuum_threshold=1000",
+            "studies:fillfactor=50,autovacuum_vacuum_scale_factor=0,autovacuum_vacuum_threshold=1000",
+            "subjects:fillfactor=50,autovacuum_vacuum_scale_factor=0,autovacuum_vacuum_threshold=1000",
+        ],
+        "the rebuilt tables keep room for HOT updates and are vacuumed by a fixed count"
     );
     assert_eq!(
         stored_documents(&pool).await,
