@@ -699,11 +699,14 @@ async fn get_as(world: &World, path: &str, auth: &str, token: Option<i64>) -> Ou
     }
 }
 
-/// The last part of an RFC 9457 problem's `type` (`rule-name`).
+/// The last part of an RFC 9457 problem's `type` (`…:problem:<slug>`),
+/// with the domain rule it names when that says more.
 fn problem_slug(problem: &Value) -> Option<String> {
-    let rule = problem["rule"].as_str();
-    let slug = problem["type"].as_str()?.rsplit('/').next()?;
-    Some(rule.map_or_else(|| slug.to_owned(), |r| format!("{slug}: {r}")))
+    let slug = problem["type"].as_str()?.rsplit([':', '/']).next()?;
+    Some(match problem["rule"].as_str() {
+        Some(rule) if rule != slug => format!("{slug}: {rule}"),
+        _ => slug.to_owned(),
+    })
 }
 
 async fn post(world: &World, path: &str, auth: &str, body: &Value) -> (Option<u16>, Value) {
@@ -982,6 +985,16 @@ mod tests {
                 mix.share(op)
             );
         }
+    }
+
+    #[test]
+    fn an_error_answer_is_named_by_its_problem_and_rule() {
+        let problem = json!({"type": "urn:research-records:problem:nothing-changed",
+                             "rule": "nothing-changed"});
+        assert_eq!(problem_slug(&problem).as_deref(), Some("nothing-changed"));
+        let ruled = json!({"type": "urn:research-records:problem:domain-rule", "rule": "closed"});
+        assert_eq!(problem_slug(&ruled).as_deref(), Some("domain-rule: closed"));
+        assert_eq!(problem_slug(&json!({"title": "no type"})), None);
     }
 
     #[test]

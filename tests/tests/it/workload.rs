@@ -38,16 +38,34 @@ async fn the_mixed_workload_runs_every_operation_and_finds_every_accepted_write_
             .find(|o| o.op == name)
             .map_or(0, |o| o.count)
     };
-    for name in ["record", "correct", "sign", "read_observation", "token_read", "audit"] {
+    for name in [
+        "record",
+        "correct",
+        "sign",
+        "read_observation",
+        "token_read",
+        "audit",
+    ] {
         assert!(count(name) > 0, "{name} ran: {:?}", report.ops);
     }
-    assert_eq!(report.all.count, report.ops.iter().map(|o| o.count).sum::<u64>());
-    assert!(!report.all.statuses.keys().any(|s| s.starts_with('5')), "{:?}", report.all.statuses);
+    assert_eq!(
+        report.all.count,
+        report.ops.iter().map(|o| o.count).sum::<u64>()
+    );
+    assert!(
+        !report.all.statuses.keys().any(|s| s.starts_with('5')),
+        "{:?}",
+        report.all.statuses
+    );
     assert!(!report.intervals.is_empty());
     assert!(report.visible.count > 0, "token reads saw their writes");
     let integrity = &report.integrity;
     assert!(integrity.accepted > 20, "the warm-up and the run's writes");
-    assert_eq!(integrity.found_once, integrity.accepted, "{:?}", integrity.problems);
+    assert_eq!(
+        integrity.found_once, integrity.accepted,
+        "{:?}",
+        integrity.problems
+    );
     assert!(integrity.problems.is_empty(), "{:?}", integrity.problems);
     assert_eq!(integrity.unanswered_events, 0);
     assert_eq!(
