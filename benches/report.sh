@@ -19,8 +19,9 @@ Drives the services that scripts/start.sh started (and its Prometheus).
 
   --quick             a run of 2 minutes
   (default)           a run of 10 minutes
-  --soak DURATION     a long run (e.g. 1h, 90m, 3600s): memory, descriptors
-                      and latency must stay flat, or the run fails
+  --soak DURATION     a long run (e.g. 1h, 90m, 3600s): memory, descriptors,
+                      sessions and latency must stay flat over its second
+                      half (the caches fill in the first), or the run fails
   --rate N            operations per second (default 200)
   --mix SPEC          proportions, name=weight,... (see research-bench mix --help)
   --baseline FILE     compare with an earlier report.json; exit 1 when a figure

@@ -273,8 +273,10 @@ pub fn fit(points: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
 }
 
 /// Whether a series stayed flat: the change the fitted line makes over the
-/// run (after the first tenth, the warm-up) is within the noise (three
-/// residual standard deviations) or within `relative` of the mean.
+/// second half of the run is within the noise (three residual standard
+/// deviations) or within `relative` of the mean. The first half is left
+/// out: the caches fill up to their bounds in it (tens of minutes at the
+/// default rate), while a leak grows through the whole run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Flatness {
     pub slope_per_hour: f64,
@@ -288,7 +290,7 @@ pub struct Flatness {
 pub fn flatness(points: &[(f64, f64)], relative: f64) -> Option<Flatness> {
     let end = points.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
     let start = points.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
-    let warm = start + (end - start) / 10.0;
+    let warm = start + (end - start) / 2.0;
     let steady: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.0 >= warm).collect();
     let (slope, _, residual) = fit(&steady)?;
     let mean = steady.iter().map(|p| p.1).sum::<f64>() / steady.len() as f64;
@@ -796,6 +798,11 @@ mod tests {
             .map(|i| (i as f64 * 30.0, 100e6 + if i % 2 == 0 { 1e6 } else { -1e6 }))
             .collect();
         assert!(flatness(&noisy, 0.05).unwrap().flat);
+        // Filling a cache in the first half, then level: flat.
+        let filling: Vec<(f64, f64)> = (0..120)
+            .map(|i| (i as f64 * 30.0, 40e6 + (i.min(40) as f64) * 1e6))
+            .collect();
+        assert!(flatness(&filling, 0.05).unwrap().flat);
         // 100 MB growing by 20 MB an hour: not flat.
         let leak: Vec<(f64, f64)> = (0..120)
             .map(|i| (i as f64 * 30.0, 100e6 + i as f64 * 30.0 * 20e6 / 3600.0))

@@ -19,10 +19,10 @@ pub enum XAxis {
     Names(Vec<(f64, String)>),
 }
 
-const WIDTH: f64 = 760.0;
+const WIDTH: f64 = 820.0;
 const HEIGHT: f64 = 320.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 170.0;
+const RIGHT: f64 = 230.0;
 const TOP: f64 = 34.0;
 const BOTTOM: f64 = 46.0;
 const COLORS: [&str; 10] = [
