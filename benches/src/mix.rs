@@ -452,8 +452,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<MixReport> {
     while tasks.join_next().await.is_some() {}
     let seconds = started.elapsed().as_secs_f64();
 
-    let last_position = head(&world).await?;
     let accepted = std::mem::take(&mut *accepted.lock().expect("accepted lock"));
+    // The audit endpoints read the replica: wait until it holds the last
+    // accepted write before looking for every one of them.
+    let newest = accepted.iter().map(|a| a.position).max().unwrap_or(0);
+    let last_position = head_reaching(&world, newest, Duration::from_secs(60)).await?;
     let integrity = check_integrity(&world, first_position, last_position, &accepted).await?;
     let stats = std::mem::replace(&mut *stats.lock().expect("stats lock"), Stats::new());
     let per = std::mem::take(&mut *intervals.lock().expect("intervals lock"));
@@ -593,6 +596,22 @@ async fn head(world: &World) -> anyhow::Result<i64> {
     }
     let v: Value = r.error_for_status()?.json().await?;
     v["position"].as_i64().context("a head position")
+}
+
+/// The audit head once it has reached `position` (the replica may lag the
+/// command answers), or an error after `bound`.
+async fn head_reaching(world: &World, position: i64, bound: Duration) -> anyhow::Result<i64> {
+    let deadline = Instant::now() + bound;
+    loop {
+        let at = head(world).await?;
+        if at >= position {
+            return Ok(at);
+        }
+        if Instant::now() > deadline {
+            bail!("the audit head stayed at {at}, below the accepted position {position}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn perform(world: &World, op: Op, u: f64) -> Outcome {

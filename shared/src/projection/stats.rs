@@ -1,8 +1,12 @@
 //! Per-variable statistics kept incrementally and exactly: sums in
 //! arbitrary-precision decimals (no drift however many corrections and
-//! retractions), min and max recomputed only when the removed value was the
-//! extreme. The rendered `stats` equal a recomputation from scratch over the
-//! same current values, bit for bit.
+//! retractions), min and max with how many current values equal each, so
+//! that they are recomputed (a scan of the scope's values) only when the
+//! last value equal to an extreme goes. Real measurements tie often (no
+//! precipitation, visibility at the instrument's maximum): without the
+//! counts, every correction of such a value rescanned the whole study. The
+//! rendered `stats` equal a recomputation from scratch over the same current
+//! values, bit for bit.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -27,16 +31,60 @@ pub struct Accumulator {
     min: Option<BigDecimal>,
     #[serde(with = "option_decimal_text")]
     max: Option<BigDecimal>,
+    /// How many current values equal `min` and `max`; 0 when not known (a
+    /// state stored before they were kept), in which case removing an
+    /// extreme asks for a recomputation, which sets them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    min_count: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    max_count: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     counts: BTreeMap<String, u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Counts `x` against the extreme `at` and its count: a value beyond the
+/// extreme (`beyond(x, at)`) replaces it; an equal one adds to a known count.
+fn extend(
+    at: &mut Option<BigDecimal>,
+    count: &mut u64,
+    x: &BigDecimal,
+    beyond: fn(&BigDecimal, &BigDecimal) -> bool,
+) {
+    match at.as_ref() {
+        Some(m) if m == x => {
+            if *count > 0 {
+                *count += 1;
+            }
+        }
+        Some(m) if !beyond(x, m) => {}
+        _ => {
+            *at = Some(x.clone());
+            *count = 1;
+        }
+    }
+}
+
+/// One value equal to an extreme goes: answers whether the extreme still
+/// holds (another value equals it, by a known count).
+fn release(count: &mut u64) -> bool {
+    if *count >= 2 {
+        *count -= 1;
+        true
+    } else {
+        false
+    }
 }
 
 /// What `remove` left undone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removed {
     Done,
-    /// The removed value was the minimum or maximum: call
-    /// [`Accumulator::set_extremes`] with the remaining values.
+    /// The removed value was the last one equal to the minimum or maximum:
+    /// call [`Accumulator::set_extremes`] with the remaining values.
     ExtremesStale,
 }
 
@@ -70,12 +118,8 @@ impl Accumulator {
             if let Some(x) = decimal(value) {
                 self.sumsq += &x * &x;
                 self.sum += &x;
-                if self.min.as_ref().is_none_or(|m| &x < m) {
-                    self.min = Some(x.clone());
-                }
-                if self.max.as_ref().is_none_or(|m| &x > m) {
-                    self.max = Some(x);
-                }
+                extend(&mut self.min, &mut self.min_count, &x, |x, m| x < m);
+                extend(&mut self.max, &mut self.max_count, &x, |x, m| x > m);
             }
         } else if let Some(c) = category(kind, value) {
             *self.counts.entry(c).or_default() += 1;
@@ -95,10 +139,16 @@ impl Accumulator {
                 if self.n == 0 {
                     self.min = None;
                     self.max = None;
+                    self.min_count = 0;
+                    self.max_count = 0;
                     self.sum = BigDecimal::zero();
                     self.sumsq = BigDecimal::zero();
-                } else if self.min.as_ref() == Some(&x) || self.max.as_ref() == Some(&x) {
-                    return Removed::ExtremesStale;
+                } else {
+                    let min_stale = self.min.as_ref() == Some(&x) && !release(&mut self.min_count);
+                    let max_stale = self.max.as_ref() == Some(&x) && !release(&mut self.max_count);
+                    if min_stale || max_stale {
+                        return Removed::ExtremesStale;
+                    }
                 }
             }
         } else if let Some(c) = category(kind, value) {
@@ -112,16 +162,29 @@ impl Accumulator {
         Removed::Done
     }
 
-    /// Sets min and max from the remaining current values.
+    /// Sets min and max, and how many values equal each, from the
+    /// remaining current values.
     pub fn set_extremes<'a>(&mut self, values: impl IntoIterator<Item = &'a Value>) {
         self.min = None;
         self.max = None;
+        self.min_count = 0;
+        self.max_count = 0;
         for x in values.into_iter().filter_map(decimal) {
-            if self.min.as_ref().is_none_or(|m| &x < m) {
-                self.min = Some(x.clone());
+            match self.min.as_ref() {
+                Some(m) if *m == x => self.min_count += 1,
+                Some(m) if *m < x => {}
+                _ => {
+                    self.min = Some(x.clone());
+                    self.min_count = 1;
+                }
             }
-            if self.max.as_ref().is_none_or(|m| &x > m) {
-                self.max = Some(x);
+            match self.max.as_ref() {
+                Some(m) if *m == x => self.max_count += 1,
+                Some(m) if *m > x => {}
+                _ => {
+                    self.max = Some(x);
+                    self.max_count = 1;
+                }
             }
         }
     }
@@ -241,6 +304,50 @@ mod tests {
         assert_eq!(serde_json::from_str::<Accumulator>(&text).unwrap(), a);
     }
 
+    #[test]
+    fn ties_at_an_extreme_ask_for_a_rescan_only_when_the_last_one_goes() {
+        let kind = VariableKind::Numeric;
+        let mut a = Accumulator::default();
+        for v in [0.0, 0.0, 0.25, 0.0, 1.5] {
+            a.add(kind, &json!(v));
+        }
+        // Three zeros at the minimum: two may go without a rescan.
+        assert_eq!(a.remove(kind, &json!(0.0)), Removed::Done);
+        assert_eq!(a.remove(kind, &json!(0.0)), Removed::Done);
+        assert_eq!(a.render(kind)["min"], 0.0);
+        assert_eq!(a.remove(kind, &json!(0.0)), Removed::ExtremesStale);
+        a.set_extremes([json!(0.25), json!(1.5)].iter());
+        assert_eq!(a.render(kind)["min"], 0.25);
+        // A value equal to the new minimum counts with it.
+        a.add(kind, &json!(0.25));
+        assert_eq!(a.remove(kind, &json!(0.25)), Removed::Done);
+        assert_eq!(
+            a.render(kind),
+            from_scratch(kind, &[json!(0.25), json!(1.5)])
+        );
+    }
+
+    #[test]
+    fn a_state_stored_without_counts_rescans_when_an_extreme_goes() {
+        let kind = VariableKind::Numeric;
+        let mut a = Accumulator::default();
+        for v in [2.0, 2.0, 5.0] {
+            a.add(kind, &json!(v));
+        }
+        let mut stored = serde_json::to_value(&a).unwrap();
+        assert_eq!(stored["min_count"], 2);
+        let map = stored.as_object_mut().unwrap();
+        map.remove("min_count");
+        map.remove("max_count");
+        let mut old: Accumulator = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.remove(kind, &json!(2.0)), Removed::ExtremesStale);
+        old.set_extremes([json!(2.0), json!(5.0)].iter());
+        assert_eq!(
+            old.render(kind),
+            from_scratch(kind, &[json!(2.0), json!(5.0)])
+        );
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Add(Option<f64>),
@@ -251,10 +358,14 @@ mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        // Real-looking measurements with up to 5 decimals, some repeated.
+        // Real-looking measurements with up to 5 decimals, and values from a
+        // handful that tie often (as rain gauges and visibility do).
         let value = prop::option::weighted(
             0.9,
-            (-5000i64..5000, 0u32..6).prop_map(|(m, s)| m as f64 / 10f64.powi(s as i32)),
+            prop_oneof![
+                (-5000i64..5000, 0u32..6).prop_map(|(m, s)| m as f64 / 10f64.powi(s as i32)),
+                (0i64..4).prop_map(|m| m as f64 / 2.0),
+            ],
         );
         prop_oneof![
             4 => value.clone().prop_map(Op::Add),
