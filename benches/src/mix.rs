@@ -745,19 +745,24 @@ async fn post(world: &World, path: &str, auth: &str, body: &Value) -> (Option<u1
     }
 }
 
-fn error_slug(status: Option<u16>, answer: &Value) -> Option<String> {
-    status
-        .filter(|s| *s >= 400)
-        .and_then(|_| problem_slug(answer))
-}
-
-fn accepted(status: Option<u16>, answer: &Value, aggregate: Uuid) -> Option<Accepted> {
+/// The outcome of a command on `aggregate` answered `status` and `answer`:
+/// accepted at the answered position, or refused with its problem.
+fn answered(status: Option<u16>, answer: &Value, aggregate: Uuid) -> Outcome {
     let ok = status.is_some_and(|s| (200..300).contains(&s));
-    let position = answer["position"].as_i64()?;
-    ok.then_some(Accepted {
-        aggregate,
-        position,
-    })
+    Outcome {
+        status,
+        problem: status
+            .filter(|s| *s >= 400)
+            .and_then(|_| problem_slug(answer)),
+        accepted: answer["position"]
+            .as_i64()
+            .filter(|_| ok)
+            .map(|position| Accepted {
+                aggregate,
+                position,
+            }),
+        visible_us: None,
+    }
 }
 
 async fn record(world: &World, u: f64) -> Outcome {
@@ -778,8 +783,8 @@ async fn record(world: &World, u: f64) -> Outcome {
         world.study.subjects[subject]
     );
     let (status, answer) = post(world, &path, &world.writer, &body).await;
-    let accepted = accepted(status, &answer, id);
-    if accepted.is_some() {
+    let outcome = answered(status, &answer, id);
+    if outcome.accepted.is_some() {
         world
             .recorded
             .write()
@@ -791,12 +796,7 @@ async fn record(world: &World, u: f64) -> Outcome {
                 retracted: false,
             });
     }
-    Outcome {
-        status,
-        problem: error_slug(status, &answer),
-        accepted,
-        visible_us: None,
-    }
+    outcome
 }
 
 /// Corrects one variable of a recorded observation with the value another
@@ -824,12 +824,7 @@ async fn correct(world: &World, u: f64) -> Outcome {
     let body = json!({"values": {name: value}, "reason": "re-read from the station's log"});
     let path = format!("/v1/observations/{}/corrections", o.id);
     let (status, answer) = post(world, &path, &world.writer, &body).await;
-    Outcome {
-        accepted: accepted(status, &answer, o.id),
-        problem: error_slug(status, &answer),
-        status,
-        visible_us: None,
-    }
+    answered(status, &answer, o.id)
 }
 
 async fn retract(world: &World, u: f64) -> Outcome {
@@ -839,19 +834,14 @@ async fn retract(world: &World, u: f64) -> Outcome {
     let body = json!({"reason": "sensor fault reported by the station"});
     let path = format!("/v1/observations/{}/retraction", o.id);
     let (status, answer) = post(world, &path, &world.writer, &body).await;
-    let accepted = accepted(status, &answer, o.id);
-    if accepted.is_some() {
+    let outcome = answered(status, &answer, o.id);
+    if outcome.accepted.is_some() {
         let mut all = world.recorded.write().expect("recorded lock");
         if let Some(r) = all.iter_mut().find(|r| r.id == o.id) {
             r.retracted = true;
         }
     }
-    Outcome {
-        status,
-        problem: error_slug(status, &answer),
-        accepted,
-        visible_us: None,
-    }
+    outcome
 }
 
 /// A review or an approval by the second principal (who recorded and
@@ -863,12 +853,7 @@ async fn sign(world: &World, u: f64) -> Outcome {
     let meaning = if u < 0.5 { "reviewed" } else { "approved" };
     let path = format!("/v1/observations/{}/signatures", o.id);
     let (status, answer) = post(world, &path, &world.reviewer, &json!({"meaning": meaning})).await;
-    Outcome {
-        accepted: accepted(status, &answer, o.id),
-        problem: error_slug(status, &answer),
-        status,
-        visible_us: None,
-    }
+    answered(status, &answer, o.id)
 }
 
 /// Records an observation, then reads its document with the answer's

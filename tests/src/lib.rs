@@ -432,6 +432,24 @@ impl CommandApi {
         self.post_with(path, token, body, &[]).await
     }
 
+    /// Registers the first penguin study and one subject in it with
+    /// `writer`; answers their ids.
+    pub async fn study_with_subject(&self, writer: &str) -> (Uuid, Uuid) {
+        let study = self
+            .post("/v1/studies", writer, &penguins()[0].register_body())
+            .await
+            .id();
+        let subject = self
+            .post(
+                &format!("/v1/studies/{study}/subjects"),
+                writer,
+                &serde_json::json!({"label": "N1A1"}),
+            )
+            .await
+            .id();
+        (study, subject)
+    }
+
     pub async fn post_with(
         &self,
         path: &str,

@@ -63,24 +63,33 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// `label` value → `[[seconds from the start, value], …]`.
-    async fn range(&self, query: &str, label: &str) -> anyhow::Result<Map<String, Value>> {
-        let answer: Value = self
+    /// The `data.result` series of one call of the API at `path`.
+    async fn series(&self, path: &str, params: &[(&str, String)]) -> anyhow::Result<Vec<Value>> {
+        let mut answer: Value = self
             .http
-            .get(format!("{}/api/v1/query_range", self.url))
-            .query(&[
-                ("query", query.to_owned()),
-                ("start", self.start.to_string()),
-                ("end", self.end.to_string()),
-                ("step", self.step.to_string()),
-            ])
+            .get(format!("{}/api/v1/{path}", self.url))
+            .query(params)
             .send()
             .await?
             .error_for_status()?
             .json()
             .await?;
+        Ok(match answer["data"]["result"].take() {
+            Value::Array(series) => series,
+            _ => Vec::new(),
+        })
+    }
+
+    /// `label` value → `[[seconds from the start, value], …]`.
+    async fn range(&self, query: &str, label: &str) -> anyhow::Result<Map<String, Value>> {
+        let params = [
+            ("query", query.to_owned()),
+            ("start", self.start.to_string()),
+            ("end", self.end.to_string()),
+            ("step", self.step.to_string()),
+        ];
         let mut out = Map::new();
-        for series in answer["data"]["result"].as_array().into_iter().flatten() {
+        for series in self.series("query_range", &params).await? {
             let name = series["metric"][label].as_str().unwrap_or("all").to_owned();
             let points: Vec<Value> = series["values"]
                 .as_array()
@@ -99,17 +108,9 @@ impl Prometheus {
 
     /// `label` value → the value at the end of the window.
     async fn at_end(&self, query: &str, label: &str) -> anyhow::Result<Map<String, Value>> {
-        let answer: Value = self
-            .http
-            .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", query.to_owned()), ("time", self.end.to_string())])
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let params = [("query", query.to_owned()), ("time", self.end.to_string())];
         let mut out = Map::new();
-        for series in answer["data"]["result"].as_array().into_iter().flatten() {
+        for series in self.series("query", &params).await? {
             let name = series["metric"][label].as_str().unwrap_or("all").to_owned();
             if let Some(v) = series["value"][1]
                 .as_str()

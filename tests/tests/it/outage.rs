@@ -35,22 +35,7 @@ async fn postgresql_restarted_under_load_is_a_retriable_503_and_loses_nothing() 
     config.request_timeout = Duration::from_secs(10);
     let api = tests::CommandApi::spawn(&config).await;
     let writer = tests::token("alice", &[shared::auth::Role::Writer]);
-    let study = api
-        .post(
-            "/v1/studies",
-            &writer,
-            &tests::penguins()[0].register_body(),
-        )
-        .await
-        .id();
-    let subject = api
-        .post(
-            &format!("/v1/studies/{study}/subjects"),
-            &writer,
-            &serde_json::json!({"label": "N1A1"}),
-        )
-        .await
-        .id();
+    let (_, subject) = api.study_with_subject(&writer).await;
     let url = api.url(&format!("/v1/subjects/{subject}/observations"));
 
     // Eight clients record observations, each retrying a command that did
@@ -137,8 +122,22 @@ async fn postgresql_restarted_under_load_is_a_retriable_503_and_loses_nothing() 
     })
     .await;
     server.stop_server();
-    // Down for a while under load, then back.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Down until the clients have been refused, then back.
+    wait_until(
+        Duration::from_secs(30),
+        "a command refused while down",
+        || {
+            let refused = seen
+                .lock()
+                .unwrap()
+                .statuses
+                .get(&503)
+                .copied()
+                .unwrap_or(0);
+            async move { (refused > 0).then_some(()) }
+        },
+    )
+    .await;
     server.start_server();
     let at_restart = accepted.load(Ordering::Relaxed);
     wait_until(

@@ -636,22 +636,7 @@ async fn nats_stopped_mid_run_costs_nothing_but_speed() {
     api_config.nats.url = url.clone();
     let api = CommandApi::spawn(&api_config).await;
     let writer = tests::token("alice", &[shared::auth::Role::Writer]);
-    let study = api
-        .post(
-            "/v1/studies",
-            &writer,
-            &tests::penguins()[0].register_body(),
-        )
-        .await
-        .id();
-    let subject = api
-        .post(
-            &format!("/v1/studies/{study}/subjects"),
-            &writer,
-            &json!({"label": "N1A1"}),
-        )
-        .await
-        .id();
+    let (_, subject) = api.study_with_subject(&writer).await;
     let rows = &tests::penguins()[0].subjects;
     let record = |i: usize| {
         let body = rows[i].observations[0].record_body();
