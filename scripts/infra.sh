@@ -5,7 +5,8 @@
 #
 # What already runs is used as it is; what is installed but stopped is
 # started; what is missing is installed with apt-get. Running it twice
-# changes nothing. Settings (with defaults): PG_PORT=5432, REPLICA_PORT=5433,
+# changes nothing; `--install-only` installs and starts nothing. Settings
+# (with defaults): PG_PORT=5432, REPLICA_PORT=5433,
 # REPLICA_DIR=/var/lib/postgresql/<major>/replica, DB_USER=research (the
 # owner, who runs migrations), DB_PASSWORD=research, DB_NAME=research,
 # SERVICE_DB_PASSWORD=$DB_PASSWORD (of the three service roles
@@ -68,6 +69,16 @@ ensure_package() {
     fi
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
 }
+
+# `--install-only`: install what is missing and start nothing
+# (scripts/cluster.sh runs servers of its own).
+if [ "${1:-}" = --install-only ]; then
+    for pair in python3:python3 curl:curl promtool:prometheus pg_ctlcluster:postgresql \
+        pg_basebackup:postgresql-client redis-server:redis-server nats-server:nats-server; do
+        ensure_package "${pair%%:*}" "${pair#*:}"
+    done
+    exit 0
+fi
 
 # --- Tools the tests use ---------------------------------------------------
 ensure_package python3 python3

@@ -33,6 +33,8 @@ pub struct CheckpointerConfig {
     /// JetStream stream and subject of the signed notes.
     pub stream: String,
     pub subject: String,
+    /// Copies JetStream keeps of the stream.
+    pub replicas: usize,
 }
 
 /// The signer named by the configuration: the key itself, or a file holding
@@ -60,6 +62,7 @@ pub async fn ensure_stream(
         name: config.stream.clone(),
         subjects: vec![config.subject.clone()],
         storage: stream::StorageType::File,
+        num_replicas: config.replicas,
         ..Default::default()
     })
     .await
@@ -188,15 +191,22 @@ pub async fn run(
     health: Arc<LoopHealth>,
     shutdown: CancellationToken,
 ) {
-    let mut leader: Option<sqlx::PgConnection> = None;
+    let mut leader: Option<shared::lease::Lease> = None;
     let mut last = None;
     while !shutdown.is_cancelled() {
+        let held = match leader.as_mut() {
+            Some(lease) => lease.held().await,
+            None => false,
+        };
+        if !held {
+            leader = None;
+        }
         let wait = if leader.is_none() {
-            match crate::publisher::become_leader(&pool, CHECKPOINT_LOCK_KEY).await {
-                Ok(Some(conn)) => match last_signed(&pool, &js, &config).await {
+            match shared::lease::Lease::try_take(&pool, CHECKPOINT_LOCK_KEY).await {
+                Ok(Some(lease)) => match last_signed(&pool, &js, &config).await {
                     Ok(signed) => {
                         last = signed;
-                        leader = Some(conn);
+                        leader = Some(lease);
                         Duration::ZERO
                     }
                     Err(error) => health.failed(health.position(), &error),

@@ -74,10 +74,9 @@ impl App {
                     redact(&config.database_url)
                 )
             })?;
-        let nats = async_nats::ConnectOptions::new()
-            .name("command-api")
-            .retry_on_initial_connect()
-            .connect(&config.nats.url)
+        let nats = config
+            .nats
+            .connect("command-api")
             .await
             .with_context(|| format!("connecting to NATS at {}", config.nats.url))?;
         let js = async_nats::jetstream::new(nats.clone());
@@ -85,6 +84,7 @@ impl App {
             stream: config.nats.stream.clone(),
             subject_prefix: config.nats.subject_prefix.clone(),
             duplicate_window: Duration::from_secs(120),
+            replicas: config.nats.stream_replicas.into(),
         };
         publisher::ensure_stream(&js, &publisher_config).await?;
 
@@ -107,6 +107,7 @@ impl App {
                     batch: config.log_tree_batch,
                     stream: format!("{}_CHECKPOINTS", config.nats.stream),
                     subject: format!("{}-checkpoints", config.nats.subject_prefix),
+                    replicas: config.nats.stream_replicas.into(),
                 };
                 checkpointer::ensure_stream(&js, &checkpoints).await?;
                 let health = Arc::new(LoopHealth::new("checkpointer"));

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream::{self, context::Publish, stream};
 use shared::envelope::StoredEvent;
+use shared::lease::Lease;
 use shared::loop_health::LoopHealth;
 use shared::store::EventStore;
 use sqlx::PgPool;
@@ -37,6 +38,8 @@ pub struct PublisherConfig {
     pub stream: String,
     pub subject_prefix: String,
     pub duplicate_window: Duration,
+    /// Copies JetStream keeps of the stream.
+    pub replicas: usize,
 }
 
 /// Creates the stream, or brings its configuration up to date.
@@ -49,6 +52,7 @@ pub async fn ensure_stream(
         subjects: vec![format!("{}.>", config.subject_prefix)],
         storage: stream::StorageType::File,
         duplicate_window: config.duplicate_window,
+        num_replicas: config.replicas,
         ..Default::default()
     })
     .await
@@ -73,7 +77,7 @@ pub async fn run(
 ) {
     while !shutdown.is_cancelled() {
         let leader = tokio::select! {
-            leader = become_leader(&pool, PUBLISH_LOCK_KEY) => leader,
+            leader = Lease::try_take(&pool, PUBLISH_LOCK_KEY) => leader,
             () = shutdown.cancelled() => return,
         };
         let conn = match leader {
@@ -123,23 +127,6 @@ pub async fn run(
             () = shutdown.cancelled() => {}
         }
     }
-}
-
-/// Takes the session advisory lock `key` on a connection of its own, which
-/// the caller keeps while it leads; dropping the connection closes it, which
-/// releases the lock. `None` when another process holds it.
-pub async fn become_leader(pool: &PgPool, key: i64) -> anyhow::Result<Option<sqlx::PgConnection>> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .context("acquiring a connection")?
-        .detach();
-    let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(key)
-        .fetch_one(&mut conn)
-        .await
-        .with_context(|| format!("taking the advisory lock {key:#x}"))?;
-    Ok(won.then_some(conn))
 }
 
 /// The newest position of the log.

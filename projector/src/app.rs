@@ -33,6 +33,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
 struct Health {
     pool: PgPool,
     projection: Arc<shared::loop_health::LoopHealth>,
+    leading: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct App {
@@ -47,12 +48,7 @@ impl App {
         let metrics =
             shared::telemetry::install_metrics().context("installing the metrics recorder")?;
         let pool = connect(config).await?;
-        let js = match async_nats::ConnectOptions::new()
-            .name("projector")
-            .retry_on_initial_connect()
-            .connect(&config.nats.url)
-            .await
-        {
+        let js = match config.nats.connect("projector").await {
             Ok(client) => Some(async_nats::jetstream::new(client)),
             Err(error) => {
                 tracing::warn!(%error, "NATS unreachable; projecting from the event store");
@@ -76,6 +72,7 @@ impl App {
         let health = Arc::new(Health {
             pool,
             projection: projector.health.clone(),
+            leading: projector.leading(),
         });
         let router = Router::new()
             .route("/livez", get(|| async { "ok" }))
@@ -112,11 +109,17 @@ impl App {
 async fn readyz(State(health): State<Arc<Health>>) -> Response {
     let db = sqlx::query("SELECT 1").execute(&health.pool).await.is_ok();
     let projection = health.projection.report();
+    let role = if health.leading.load(std::sync::atomic::Ordering::Relaxed) {
+        "leading"
+    } else {
+        "standing by"
+    };
     if db && health.projection.is_ok() {
-        Json(json!({"postgres": db, "projection": projection})).into_response()
+        Json(json!({"postgres": db, "role": role, "projection": projection})).into_response()
     } else {
         Problem::unavailable("the projector cannot make progress")
             .with("postgres", db)
+            .with("role", role)
             .with("projection", projection)
             .into_response()
     }

@@ -18,6 +18,7 @@ pub mod read_tables;
 pub mod redis_sink;
 pub mod replay;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
 use shared::envelope::StoredEvent;
+use shared::lease::Lease;
 use shared::loop_health::LoopHealth;
 use shared::store::EventStore;
 use sqlx::{Connection, PgPool};
@@ -61,6 +63,7 @@ pub struct Projector {
     nats_retry_at: Option<Instant>,
     /// Whether the last step made progress, for `/readyz` and metrics.
     pub health: Arc<LoopHealth>,
+    leading: Arc<AtomicBool>,
 }
 
 impl Projector {
@@ -81,6 +84,7 @@ impl Projector {
             head_reported: None,
             nats_retry_at: None,
             health: Arc::new(LoopHealth::new("projector")),
+            leading: Arc::default(),
         })
     }
 
@@ -303,9 +307,56 @@ impl Projector {
         Ok(())
     }
 
-    /// Steps until `shutdown`, finishing the current batch first.
+    /// Projects until `shutdown` while this process leads (it stands by
+    /// while another projector holds the lead), finishing the current
+    /// batch first.
     pub async fn run(mut self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut standing_by_logged = false;
         while !shutdown.is_cancelled() {
+            let lease = tokio::select! {
+                lease = Lease::try_take(&self.pool, LEAD_LOCK_KEY) => lease,
+                () = shutdown.cancelled() => break,
+            };
+            let wait = match lease {
+                Ok(Some(lease)) => {
+                    standing_by_logged = false;
+                    self.lead(lease, &shutdown).await;
+                    continue;
+                }
+                Ok(None) => {
+                    if !standing_by_logged {
+                        tracing::info!("another projector leads: standing by to take over");
+                        standing_by_logged = true;
+                    }
+                    self.health.note_position(self.checkpoint);
+                    STANDBY_POLL
+                }
+                Err(error) => self.health.failed(
+                    self.checkpoint,
+                    &anyhow::Error::from(error).context("taking the lead"),
+                ),
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        tracing::info!(checkpoint = self.checkpoint, "projector stopped");
+    }
+
+    /// Steps while `lease` holds, until `shutdown`.
+    async fn lead(&mut self, mut lease: Lease, shutdown: &tokio_util::sync::CancellationToken) {
+        self.leading.store(true, Ordering::Relaxed);
+        metrics::gauge!("projector_leading").set(1.0);
+        match read_tables::checkpoint(&self.pool, LIVE_SCHEMA).await {
+            Ok(checkpoint) => self.checkpoint = checkpoint,
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "reading the checkpoint"),
+        }
+        tracing::info!(
+            checkpoint = self.checkpoint,
+            "leading: this projector applies the events"
+        );
+        while !shutdown.is_cancelled() && lease.held().await {
             // A started batch is finished, never abandoned half-way.
             match self.step().await {
                 Ok(_) => self.health.progressed(self.checkpoint),
@@ -320,9 +371,25 @@ impl Projector {
                 }
             }
         }
-        tracing::info!(checkpoint = self.checkpoint, "projector stopped");
+        self.leading.store(false, Ordering::Relaxed);
+        metrics::gauge!("projector_leading").set(0.0);
+        if shutdown.is_cancelled() {
+            lease.release().await;
+        }
+    }
+
+    /// Whether this process leads now.
+    pub fn leading(&self) -> Arc<AtomicBool> {
+        self.leading.clone()
     }
 }
+
+/// The session lock whose holder is the one projector that applies events
+/// (the others stand by).
+pub const LEAD_LOCK_KEY: i64 = 0x7072_6f6a_6563_7421;
+
+/// How often a projector standing by tries to take the lead.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
 
 /// The schema of the live read models.
 pub const LIVE_SCHEMA: &str = "read_model";

@@ -16,8 +16,10 @@ pub struct Config {
     #[arg(long, env = "QUERY_API_ADDR", default_value = "127.0.0.1:8082")]
     pub addr: SocketAddr,
 
-    /// The read replica (a hot standby of the primary), as the query API's
-    /// own read-only role; empty means read the primary.
+    /// The read replicas (hot standbys of the primary), as the query API's
+    /// own read-only role, separated by commas in order of preference (the
+    /// first that has reached the wanted position serves; another takes
+    /// over when it fails or falls behind); empty means read the primary.
     #[arg(
         long,
         env = "REPLICA_DATABASE_URL",
@@ -33,7 +35,7 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Connections to the replica.
+    /// Connections to each replica.
     #[arg(long, env = "QUERY_API_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
 

@@ -65,15 +65,30 @@ impl Documents {
     }
 
     /// One page of `listing` after `after`, read from the replica (pages
-    /// are not cached: each is one statement).
+    /// are not cached: each is one statement), current as of the freshness
+    /// mark at least: a page read from a replica that was left behind while
+    /// the statement ran is read again, once, from the active one.
     pub async fn page(
         &self,
         listing: Listing,
         after: Option<(SortKey, Uuid)>,
         limit: i64,
         studies: Option<&[Uuid]>,
-    ) -> sqlx::Result<Page> {
-        self.replica.page(listing, after, limit, studies).await
+    ) -> Result<Page, LoadError> {
+        let fresh = self.cache.fresh_through();
+        let page = self
+            .replica
+            .page(listing, after.clone(), limit, studies)
+            .await?;
+        if page.current_as_of >= fresh {
+            return Ok(page);
+        }
+        let page = self.replica.page(listing, after, limit, studies).await?;
+        if page.current_as_of >= fresh {
+            Ok(page)
+        } else {
+            Err(LoadError::Unavailable)
+        }
     }
 
     /// Every observation of a study as NDJSON lines, streamed from the

@@ -4,6 +4,13 @@
 //! It polls every few milliseconds while someone waits for a position the
 //! replica has not reached (a request's token, or the projector's
 //! announcement through Redis) and otherwise at an idle interval.
+//!
+//! With several replicas it also chooses the active one: when the active
+//! replica fails, or a wanted position waits on it while another has
+//! reached further, the freshest replica that has reached the freshness
+//! mark F takes over; every few seconds the first-listed one is taken back
+//! once it has reached F again. A replica behind F is never made active, so
+//! no answer goes back in time.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +30,12 @@ const HURRY_FOR: Duration = Duration::from_secs(3);
 const BACKOFF: Duration = Duration::from_millis(500);
 /// A replica not heard from for this long is reported down.
 const STALE_AFTER: Duration = Duration::from_secs(5);
+/// How long a wanted position may wait on the active replica before the
+/// others are asked whether they have reached further (and between asks).
+const SWITCH_AFTER: Duration = Duration::from_millis(100);
+/// How often a query API away from its first replica looks whether it can
+/// go back to it.
+const PREFER_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Freshness {
     cache: Arc<Cache>,
@@ -37,6 +50,10 @@ pub struct Freshness {
     last_success: Mutex<Option<Instant>>,
     down_logged: AtomicBool,
     lag_seconds: Mutex<f64>,
+    /// Since when a wanted position has waited, and when the other replicas
+    /// were last asked (several replicas only).
+    behind_since: Mutex<Option<Instant>>,
+    last_ask: Mutex<Instant>,
 }
 
 impl Freshness {
@@ -52,6 +69,8 @@ impl Freshness {
             last_success: Mutex::new(None),
             down_logged: AtomicBool::new(false),
             lag_seconds: Mutex::new(0.0),
+            behind_since: Mutex::new(None),
+            last_ask: Mutex::new(Instant::now()),
         }
     }
 
@@ -61,8 +80,12 @@ impl Freshness {
             return;
         }
         self.wanted.fetch_max(position, Ordering::Relaxed);
-        *self.hurry_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + HURRY_FOR);
+        let now = Instant::now();
+        *self.hurry_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(now + HURRY_FOR);
+        self.behind_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(now);
         self.wake.notify_one();
     }
 
@@ -118,10 +141,108 @@ impl Freshness {
         behind && until.is_some_and(|u| Instant::now() < u)
     }
 
-    /// One poll of the change feed, applied to the cache.
+    /// One poll of the change feed, applied to the cache; with several
+    /// replicas, then the choice of the active one.
     pub async fn poll(&self) -> sqlx::Result<()> {
         let fresh = self.cache.fresh_through();
-        let poll = self.replica.poll(fresh).await?;
+        let poll = match self.replica.poll(fresh).await {
+            Ok(poll) => poll,
+            Err(error) => match self.fail_over(fresh, &error).await {
+                true => self.replica.poll(fresh).await?,
+                false => return Err(error),
+            },
+        };
+        self.apply(fresh, poll);
+        if self.replica.count() > 1 {
+            self.choose().await;
+        }
+        Ok(())
+    }
+
+    /// The active replica failed: the first other one that answers and has
+    /// reached `fresh` takes over. Whether one did.
+    async fn fail_over(&self, fresh: i64, error: &sqlx::Error) -> bool {
+        let failed = self.replica.active();
+        for index in (0..self.replica.count()).filter(|i| *i != failed) {
+            match self.replica.checkpoint_of(index).await {
+                Ok(checkpoint) if checkpoint >= fresh => {
+                    tracing::warn!(
+                        %error,
+                        failed = self.replica.name(failed),
+                        active = self.replica.name(index),
+                        "a read replica failed: reading from another"
+                    );
+                    self.switch(index, "failed");
+                    return true;
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
+        false
+    }
+
+    /// With several replicas: moves to the freshest when a wanted position
+    /// has waited on the active one and another has reached further; goes
+    /// back to the first-listed one now and then, once it has reached F.
+    async fn choose(&self) {
+        let fresh = self.cache.fresh_through();
+        let waited = {
+            let mut since = self.behind_since.lock().unwrap_or_else(|e| e.into_inner());
+            if self.wanted.load(Ordering::Relaxed) <= fresh {
+                *since = None;
+            }
+            since.map(|s| s.elapsed())
+        };
+        let asked = self
+            .last_ask
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        let active = self.replica.active();
+        if waited.is_some_and(|w| w >= SWITCH_AFTER) && asked >= SWITCH_AFTER {
+            *self.last_ask.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            let mut best: Option<(usize, i64)> = None;
+            for index in (0..self.replica.count()).filter(|i| *i != active) {
+                if let Ok(checkpoint) = self.replica.checkpoint_of(index).await {
+                    if checkpoint > fresh && best.is_none_or(|(_, c)| checkpoint > c) {
+                        best = Some((index, checkpoint));
+                    }
+                }
+            }
+            if let Some((index, checkpoint)) = best {
+                tracing::info!(
+                    behind = self.replica.name(active),
+                    at = fresh,
+                    active = self.replica.name(index),
+                    checkpoint,
+                    "the active read replica is behind a wanted position: reading from a fresher one"
+                );
+                self.switch(index, "behind");
+            }
+        } else if active != 0 && asked >= PREFER_EVERY {
+            *self.last_ask.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            if self
+                .replica
+                .checkpoint_of(0)
+                .await
+                .is_ok_and(|c| c >= fresh)
+            {
+                tracing::info!(
+                    active = self.replica.name(0),
+                    "back on the first read replica"
+                );
+                self.switch(0, "preferred");
+            }
+        }
+    }
+
+    fn switch(&self, index: usize, reason: &'static str) {
+        self.replica.activate(index);
+        metrics::counter!("query_replica_switches_total", "reason" => reason).increment(1);
+    }
+
+    /// Applies what a poll of the active replica saw.
+    fn apply(&self, fresh: i64, poll: crate::replica::Poll) {
         match poll.changes {
             Some(changes) if fresh >= 0 => self.cache.apply(&changes, poll.checkpoint),
             Some(_) => self.cache.reset(poll.checkpoint),
@@ -144,7 +265,6 @@ impl Freshness {
         metrics::gauge!("query_replica_lag_seconds").set(poll.lag_seconds);
         metrics::gauge!("query_replica_checkpoint_position").set(applied as f64);
         metrics::gauge!("query_cache_bytes").set(self.cache.bytes() as f64);
-        Ok(())
     }
 
     /// Polls until the process ends.

@@ -64,18 +64,29 @@ impl App {
     /// connected to lazily: the service starts (and says it is not ready)
     /// while the replica is down.
     pub async fn start(config: &Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Self> {
-        let options: PgConnectOptions = config
-            .read_url()
-            .parse()
-            .context("parsing the replica's URL")?;
+        let urls =
+            shared::config::parse_list(config.read_url(), |url| url.parse::<PgConnectOptions>())
+                .context("parsing REPLICA_DATABASE_URL (a comma-separated list of URLs)")?;
         // No ping before each use: a read is one statement, and a broken
         // connection fails that statement (a 503) and is dropped anyway.
-        let pool = PgPoolOptions::new()
-            .max_connections(config.db_pool)
-            .acquire_timeout(Duration::from_secs(1))
-            .test_before_acquire(false)
-            .connect_lazy_with(options.application_name("query-api"));
-        let replica = Arc::new(Replica::new(pool));
+        let pools = urls
+            .into_iter()
+            .map(|options| {
+                let name = format!(
+                    "{}:{}/{}",
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or_default()
+                );
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.db_pool)
+                    .acquire_timeout(Duration::from_secs(1))
+                    .test_before_acquire(false)
+                    .connect_lazy_with(options.application_name("query-api"));
+                (name, pool)
+            })
+            .collect();
+        let replica = Arc::new(Replica::new(pools));
         let cache = Arc::new(Cache::new(config.cache_bytes));
         let freshness = Arc::new(Freshness::new(
             cache.clone(),

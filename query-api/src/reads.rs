@@ -214,7 +214,7 @@ async fn page(
         .docs
         .page(listing, after, limit, principal.studies.as_deref())
         .await
-        .map_err(|e| load_problem(e.into()))?;
+        .map_err(load_problem)?;
     // The parent of another study is, to a limited token, no parent at all.
     let visible = page.study_id.is_some_and(|s| principal.may_access_study(s));
     match listing {

@@ -1,9 +1,11 @@
-//! The read tables on the read replica: every read a request makes is one
-//! statement, which also returns the replica's projection checkpoint so that
-//! the answer says how current it is. The change feed (what changed after a
-//! position) is read by the freshness task alone.
+//! The read tables on the read replicas: every read a request makes is one
+//! statement on the active replica, which also returns that replica's
+//! projection checkpoint so that the answer says how current it is. The
+//! change feed (what changed after a position) is read by the freshness
+//! task alone, which also chooses the active replica.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -96,7 +98,19 @@ pub enum Listing {
     ObservationsOfSubject(Uuid),
 }
 
+/// The read replicas (hot standbys of one primary), in the configured
+/// order of preference. Every statement goes to the active one; the
+/// freshness task, which alone moves the freshness mark F, makes another
+/// one active only when that one has reached F, so the active replica is
+/// always at F or beyond.
 pub struct Replica {
+    standbys: Vec<Standby>,
+    active: AtomicUsize,
+}
+
+struct Standby {
+    /// `host:port/database`, for logs.
+    name: String,
     pool: PgPool,
 }
 
@@ -127,12 +141,49 @@ type FeedRow = (
 const MAX_CHANGES: i64 = 50_000;
 
 impl Replica {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// `pools` in order of preference, each with a name for logs; the first
+    /// is active. At least one.
+    pub fn new(pools: Vec<(String, PgPool)>) -> Self {
+        assert!(!pools.is_empty(), "at least one replica");
+        Self {
+            standbys: pools
+                .into_iter()
+                .map(|(name, pool)| Standby { name, pool })
+                .collect(),
+            active: AtomicUsize::new(0),
+        }
     }
 
+    /// The active replica's pool.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.standbys[self.active()].pool
+    }
+
+    /// The index of the active replica.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// How many replicas there are (at least one).
+    pub fn count(&self) -> usize {
+        self.standbys.len()
+    }
+
+    /// The name of replica `index`, for logs.
+    pub fn name(&self, index: usize) -> &str {
+        &self.standbys[index].name
+    }
+
+    /// Makes replica `index` the active one (the caller has seen it reach
+    /// the freshness mark).
+    pub fn activate(&self, index: usize) {
+        self.active.store(index, Ordering::Relaxed);
+        metrics::gauge!("query_replica_active").set(index as f64);
+    }
+
+    /// The projection checkpoint of replica `index`, in one statement.
+    pub async fn checkpoint_of(&self, index: usize) -> sqlx::Result<i64> {
+        Ok(self.poll_on(index, -1).await?.checkpoint)
     }
 
     /// The document under `key`, in one statement.
@@ -142,7 +193,7 @@ impl Replica {
             Key::Doc(_, id) => query.bind(*id),
             Key::Code(code) => query.bind(code.as_str()),
         };
-        let (checkpoint, id, study_id, position, body) = query.fetch_one(&self.pool).await?;
+        let (checkpoint, id, study_id, position, body) = query.fetch_one(self.pool()).await?;
         count_statement();
         let found = match (id, study_id, position, body) {
             (Some(id), Some(study_id), Some(position), Some(body)) => Found::Doc(Arc::new(
@@ -184,7 +235,7 @@ impl Replica {
                     .bind(code)
                     .bind(fetch)
                     .bind(studies)
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.pool())
                     .await?;
                 page_of(rows, SortKey::Code)
             }
@@ -204,7 +255,7 @@ impl Replica {
                 .bind(label)
                 .bind(after_id)
                 .bind(fetch)
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await?;
                 page_of(rows, SortKey::Label)
             }
@@ -226,7 +277,7 @@ impl Replica {
                 .bind(at)
                 .bind(after_id)
                 .bind(fetch)
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await?;
                 page_of(rows, SortKey::ObservedAt)
             }
@@ -242,7 +293,7 @@ impl Replica {
     pub fn export(&self, study_id: Uuid) -> mpsc::Receiver<Result<Bytes, std::io::Error>> {
         const CHUNK: usize = 64 * 1024;
         let (tx, rx) = mpsc::channel(4);
-        let pool = self.pool.clone();
+        let pool = self.pool().clone();
         tokio::spawn(async move {
             count_statement();
             let mut rows = sqlx::query_scalar::<_, Vec<u8>>(
@@ -293,6 +344,12 @@ impl Replica {
     /// every event, and their updates stay HOT. With `after` below zero only
     /// the checkpoint is read.
     pub async fn poll(&self, after: i64) -> sqlx::Result<Poll> {
+        self.poll_on(self.active(), after).await
+    }
+
+    /// [`Replica::poll`] on replica `index`.
+    pub async fn poll_on(&self, index: usize, after: i64) -> sqlx::Result<Poll> {
+        let pool = &self.standbys[index].pool;
         const HEAD: &str = "SELECT 'checkpoint'::text, NULL::uuid, NULL::uuid, NULL::uuid, NULL::text, \
              c.position, \
              CASE WHEN NOT pg_is_in_recovery() \
@@ -300,7 +357,7 @@ impl Replica {
                   ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) \
              END FROM read_model.checkpoint c";
         let rows: Vec<FeedRow> = if after < 0 {
-            sqlx::query_as(HEAD).fetch_all(&self.pool).await?
+            sqlx::query_as(HEAD).fetch_all(pool).await?
         } else {
             sqlx::query_as(&format!(
                 "{HEAD} \
@@ -318,7 +375,7 @@ impl Replica {
             ))
             .bind(after)
             .bind(MAX_CHANGES + 2)
-            .fetch_all(&self.pool)
+            .fetch_all(pool)
             .await?
         };
         let overflow = rows.len() as i64 > MAX_CHANGES + 1;

@@ -61,7 +61,8 @@ impl TokenSettings {
 /// NATS JetStream, where the events are published and consumed.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsSettings {
-    /// NATS server with JetStream.
+    /// NATS servers with JetStream, separated by commas (the nodes of a
+    /// cluster; the client also learns the others from the one it reaches).
     #[arg(
         id = "nats_url",
         long = "nats-url",
@@ -69,7 +70,20 @@ pub struct NatsSettings {
         env = "NATS_URL",
         default_value = "nats://127.0.0.1:4222"
     )]
-    pub url: String,
+    pub url: NatsServers,
+
+    /// Copies JetStream keeps of the event stream (1 on a single server,
+    /// 3 on a cluster of three or more); applied when the stream is created
+    /// or updated.
+    #[arg(
+        id = "nats_stream_replicas",
+        long = "nats-stream-replicas",
+        value_name = "NATS_STREAM_REPLICAS",
+        env = "NATS_STREAM_REPLICAS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(1..=5)
+    )]
+    pub stream_replicas: u8,
 
     /// JetStream stream of the events.
     #[arg(
@@ -90,6 +104,99 @@ pub struct NatsSettings {
         default_value = "research"
     )]
     pub subject_prefix: String,
+}
+
+impl NatsSettings {
+    /// The settings of the servers `url`, with the default stream.
+    pub fn at(url: &str) -> Result<Self, ListError> {
+        Ok(Self {
+            url: url.parse()?,
+            stream: "RESEARCH_EVENTS".to_owned(),
+            subject_prefix: "research".to_owned(),
+            stream_replicas: 1,
+        })
+    }
+
+    /// Connects as `name` to the first server that answers, trying them
+    /// all again and again until one does. A server that stops answering
+    /// (partitioned away, frozen) is left for another after about three
+    /// missed pings of [`NATS_PING_INTERVAL`], not the client's default
+    /// minutes.
+    pub async fn connect(
+        &self,
+        name: &str,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        async_nats::ConnectOptions::new()
+            .name(name)
+            .ping_interval(NATS_PING_INTERVAL)
+            .retry_on_initial_connect()
+            .connect(self.url.servers.clone())
+            .await
+    }
+}
+
+/// How often the services ping their NATS server.
+pub const NATS_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One or more NATS servers, as given: `nats://a:4222,nats://b:4222`.
+#[derive(Debug, Clone)]
+pub struct NatsServers {
+    text: String,
+    servers: Vec<async_nats::ServerAddr>,
+}
+
+impl NatsServers {
+    pub fn servers(&self) -> &[async_nats::ServerAddr] {
+        &self.servers
+    }
+}
+
+impl std::fmt::Display for NatsServers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::str::FromStr for NatsServers {
+    type Err = ListError;
+
+    fn from_str(list: &str) -> Result<Self, ListError> {
+        Ok(Self {
+            text: list.to_owned(),
+            servers: parse_list(list, |s| s.parse::<async_nats::ServerAddr>())?,
+        })
+    }
+}
+
+/// An element of a comma-separated list that is empty or does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("element {index} of the list: {reason}")]
+pub struct ListError {
+    /// From 1.
+    pub index: usize,
+    pub reason: String,
+}
+
+/// Splits a comma-separated list, trimming each element; an empty list or
+/// element is refused.
+pub fn parse_list<T, E: std::fmt::Display>(
+    list: &str,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>, ListError> {
+    list.split(',')
+        .map(str::trim)
+        .enumerate()
+        .map(|(i, item)| {
+            let error = |reason: String| ListError {
+                index: i + 1,
+                reason,
+            };
+            if item.is_empty() {
+                return Err(error("empty".to_owned()));
+            }
+            parse(item).map_err(|e| error(e.to_string()))
+        })
+        .collect()
 }
 
 /// Redis, which the projector warms and the query API reads.
@@ -160,6 +267,25 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_of_nats_servers_keeps_its_order_and_refuses_empty_elements() {
+        let list: NatsServers = "nats://a:4222, nats://b:4223,nats://c:4224"
+            .parse()
+            .unwrap();
+        let ports: Vec<u16> = list.servers().iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert_eq!(
+            list.to_string(),
+            "nats://a:4222, nats://b:4223,nats://c:4224"
+        );
+        let empty = "nats://a:4222,,nats://b:4222"
+            .parse::<NatsServers>()
+            .unwrap_err();
+        assert_eq!(empty.index, 2);
+        assert!("".parse::<NatsServers>().is_err());
+        assert!("nats://a:4222,ftp://b".parse::<NatsServers>().is_err());
+    }
 
     #[test]
     fn durations_parse_with_units() {

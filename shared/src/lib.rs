@@ -30,6 +30,7 @@ pub mod config;
 pub mod domain;
 pub mod envelope;
 pub mod http;
+pub mod lease;
 pub mod listener;
 pub mod loop_health;
 pub mod merkle;

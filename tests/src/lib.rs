@@ -375,9 +375,9 @@ pub fn command_config(db: &TestDb, stream: &TestStream) -> Config {
         log_tree_batch: 10_000,
         db_pool: 8,
         nats: shared::config::NatsSettings {
-            url: nats_url(),
             stream: stream.name.clone(),
             subject_prefix: stream.prefix.clone(),
+            ..shared::config::NatsSettings::at(&nats_url()).expect("NATS_URL is a list of servers")
         },
         tokens: shared::config::TokenSettings::with_secret(SECRET),
         request_timeout: Duration::from_secs(30),

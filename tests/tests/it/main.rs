@@ -3,6 +3,7 @@
 
 mod audit;
 mod audit_http;
+mod cluster;
 mod commands;
 mod concurrency;
 mod deploy;

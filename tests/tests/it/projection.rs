@@ -633,7 +633,7 @@ async fn nats_stopped_mid_run_costs_nothing_but_speed() {
     let db = TestDb::create().await;
     let stream = TestStream::new();
     let mut api_config = command_config(&db, &stream);
-    api_config.nats.url = url.clone();
+    api_config.nats.url = url.parse().expect("one NATS server");
     let api = CommandApi::spawn(&api_config).await;
     let writer = tests::token("alice", &[shared::auth::Role::Writer]);
     let (_, subject) = api.study_with_subject(&writer).await;

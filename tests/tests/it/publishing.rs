@@ -127,7 +127,7 @@ async fn start_process(db: &TestDb, stream: &TestStream, port: u16) -> Child {
     let child = Command::new(binary("command-api"))
         .env("COMMAND_API_ADDR", format!("127.0.0.1:{port}"))
         .env("COMMAND_API_DATABASE_URL", &config.database_url)
-        .env("NATS_URL", &config.nats.url)
+        .env("NATS_URL", config.nats.url.to_string())
         .env("NATS_STREAM", &config.nats.stream)
         .env("NATS_SUBJECT_PREFIX", &config.nats.subject_prefix)
         .env("JWT_SECRET", SECRET)
