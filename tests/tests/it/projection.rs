@@ -785,3 +785,90 @@ async fn a_projector_that_cannot_progress_says_so_and_recovers() {
     projector.start_kill().unwrap();
     projector.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn of_two_projectors_one_leads_and_the_other_takes_over_when_it_stops() {
+    use std::sync::atomic::Ordering;
+
+    let env = Env::start().await;
+    let pool = env.db.pool_as(DbRole::Projector).await;
+    let js = env.stream.jetstream().await;
+    let start = |name: &'static str| {
+        let (pool, js, config) = (pool.clone(), js.clone(), config(&env, "shared"));
+        async move {
+            let projector = Projector::new(pool, Some(js), config).await.unwrap();
+            let leading = projector.leading();
+            let stop = tokio_util::sync::CancellationToken::new();
+            let task = tokio::spawn(projector.run(stop.clone()));
+            (name, leading, stop, task)
+        }
+    };
+    let first = start("first").await;
+    let second = start("second").await;
+    let both = [&first, &second];
+    let leaders = || both.iter().filter(|p| p.1.load(Ordering::SeqCst)).count();
+    wait_until(Duration::from_secs(10), "one projector to lead", || async {
+        (leaders() == 1).then_some(())
+    })
+    .await;
+
+    // The leader projects; the other never leads at the same time.
+    let observations = history(&env).await;
+    let target = head(&pool).await;
+    let checkpoint = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT position FROM read_model.checkpoint")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while checkpoint(pool.clone()).await < target {
+        assert_eq!(leaders(), 1, "exactly one projector leads");
+        assert!(std::time::Instant::now() < deadline, "the leader projects");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The leader stops: the other takes the lead and projects what follows.
+    let (leader, standby) = if first.1.load(Ordering::SeqCst) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    leader.2.cancel();
+    leader.3.await.unwrap();
+    let took_over = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(5),
+        "the other projector to lead",
+        || async { standby.1.load(Ordering::SeqCst).then_some(()) },
+    )
+    .await;
+    assert!(
+        took_over.elapsed() < Duration::from_secs(2),
+        "{} took over late",
+        standby.0
+    );
+    let mut corrected = 0;
+    for (i, id) in observations.iter().take(10).enumerate() {
+        let answer = env
+            .api
+            .post(
+                &format!("/v1/observations/{id}/corrections"),
+                &env.writer,
+                &json!({"values": {"body_mass_g": 1234 + i}, "reason": "reweighed"}),
+            )
+            .await;
+        corrected += usize::from(answer.status == 200);
+    }
+    assert!(corrected > 0, "corrections after the takeover");
+    let target = head(&pool).await;
+    wait_until(Duration::from_secs(30), "the new leader to project", || {
+        let pool = pool.clone();
+        async move { (checkpoint(pool).await >= target).then_some(()) }
+    })
+    .await;
+    let (position, difference) = projector::replay::verify(&pool, false).await.unwrap();
+    assert_eq!((position, difference), (target, None));
+    standby.2.cancel();
+    standby.3.await.unwrap();
+}

@@ -975,3 +975,45 @@ async fn a_replica_that_is_down_is_reported_not_waited_for() {
         .problem(503);
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+#[tokio::test]
+async fn a_query_api_given_several_replicas_reads_from_one_that_answers() {
+    let env = Env::start().await;
+    let _live = live_projector(&env, None).await;
+    // The first replica listed is down from the start.
+    let dead = format!(
+        "postgres://research_query:research@127.0.0.1:{}/nothing",
+        free_port()
+    );
+    let replicas = format!("{dead},{}", replica_url(&env.db.url_as(DbRole::Query)));
+    let query = QueryApi::spawn(&query_config(&replicas, "", "")).await;
+    let (_, _, observation) = env.recorded().await;
+    for mass in [3100, 3200, 3300] {
+        let answer = env
+            .api
+            .post(
+                &format!("/v1/observations/{observation}/corrections"),
+                &env.writer,
+                &json!({"values": {"body_mass_g": mass}, "reason": "reweighed"}),
+            )
+            .await;
+        assert_eq!(answer.status, 200);
+        let token = position(&answer);
+        let doc = query
+            .get_with(
+                &format!("/v1/observations/{observation}"),
+                &env.reader,
+                &[("consistency-token", token.as_str())],
+            )
+            .await;
+        assert_eq!(doc.status, 200, "{}", String::from_utf8_lossy(&doc.bytes));
+        assert_eq!(doc.json()["values"]["body_mass_g"], mass);
+    }
+    let ready = query.get("/readyz", &env.reader).await;
+    assert_eq!(
+        ready.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&ready.bytes)
+    );
+}
