@@ -146,7 +146,14 @@ start_postgres() {
             pg_conf "$data" "$(pg_port "$c")"
         fi
     fi
-    as_postgres "$PG_BIN/pg_ctl" -D "$data" -l "$DIR/$c.log" -w start >/dev/null
+    # After a kill -9 of the postmaster its backends take a moment to go:
+    # until they have, the shared memory is still in use and start refuses.
+    local tries=0
+    until as_postgres "$PG_BIN/pg_ctl" -D "$data" -l "$DIR/$c.log" -w start >/dev/null 2>&1; do
+        tries=$((tries + 1))
+        [ $tries -lt 20 ] || die "$c did not start; see $DIR/$c.log"
+        sleep 0.5
+    done
     as_postgres head -1 "$data/postmaster.pid" >"$DIR/$c.pid"
 }
 

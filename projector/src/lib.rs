@@ -373,6 +373,11 @@ impl Projector {
         }
         self.leading.store(false, Ordering::Relaxed);
         metrics::gauge!("projector_leading").set(0.0);
+        // The lag is the leader's to report: a projector standing by does
+        // not keep the figures it had when it led (an alert would see a
+        // lag that nobody is behind on).
+        metrics::gauge!("projector_lag_events").set(0.0);
+        metrics::gauge!("projector_lag_seconds").set(0.0);
         if shutdown.is_cancelled() {
             lease.release().await;
         }

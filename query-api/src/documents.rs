@@ -125,8 +125,13 @@ impl Documents {
             return Ok((loaded.found, tier));
         }
         // Joined a flight that started before the wanted position was
-        // visible: read again, from the replica, which has reached it.
+        // visible: read again, from the active replica, which has reached
+        // it (never answer older than asked: a replica that went back, as
+        // one restarted from an older restartpoint may, is a 503).
         let loaded = self.read_replica(key).await?;
+        if loaded.current_as_of < min {
+            return Err(LoadError::Unavailable);
+        }
         Ok((loaded.found, Tier::Replica))
     }
 

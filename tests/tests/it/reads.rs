@@ -79,6 +79,22 @@ async fn clean_redis(prefix: &str) {
     }
 }
 
+/// The observation read with a `Consistency-Token`.
+async fn observation_with_token(
+    query: &QueryApi,
+    env: &Env,
+    observation: Uuid,
+    token: &str,
+) -> Answer {
+    query
+        .get_with(
+            &format!("/v1/observations/{observation}"),
+            &env.reader,
+            &[("consistency-token", token)],
+        )
+        .await
+}
+
 fn position(answer: &Answer) -> String {
     answer.json()["position"].to_string()
 }
@@ -725,13 +741,7 @@ async fn replica_held_back_is_waited_for_and_past_the_bound_answers_503() {
         replay(false).await;
     });
     let started = std::time::Instant::now();
-    let doc = query
-        .get_with(
-            &format!("/v1/observations/{observation}"),
-            &env.reader,
-            &[("consistency-token", token.as_str())],
-        )
-        .await;
+    let doc = observation_with_token(&query, &env, observation, &token).await;
     assert_eq!(doc.status, 200, "{}", String::from_utf8_lossy(&doc.bytes));
     assert_eq!(doc.json()["values"]["body_mass_g"], 4100);
     assert!(
@@ -999,13 +1009,7 @@ async fn a_query_api_given_several_replicas_reads_from_one_that_answers() {
             .await;
         assert_eq!(answer.status, 200);
         let token = position(&answer);
-        let doc = query
-            .get_with(
-                &format!("/v1/observations/{observation}"),
-                &env.reader,
-                &[("consistency-token", token.as_str())],
-            )
-            .await;
+        let doc = observation_with_token(&query, &env, observation, &token).await;
         assert_eq!(doc.status, 200, "{}", String::from_utf8_lossy(&doc.bytes));
         assert_eq!(doc.json()["values"]["body_mass_g"], mass);
     }
