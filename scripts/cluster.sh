@@ -181,14 +181,17 @@ start_service() {
     local c=$1 bin=${1%-*} env=()
     local addr
     addr=$(hostport "$(url_of "$c")")
+    # Every database setting names this cluster's servers, so that nothing
+    # from .env or the caller's environment points a service elsewhere; each
+    # service may apply the migrations (they are serialised and idempotent).
     env+=(NATS_URL="$(nats_urls)" NATS_STREAM_REPLICAS=3 REDIS_URL="$(url_of redis)"
+        MIGRATION_DATABASE_URL="$(role_url research postgres-primary)"
         RUST_LOG="${RUST_LOG:-info,sqlx=warn}")
     case $bin in
         command-api)
             env+=(COMMAND_API_ADDR="$addr"
                 COMMAND_API_DATABASE_URL="$(role_url research_command postgres-primary)"
-                MIGRATION_DATABASE_URL="$(role_url research postgres-primary)"
-                LOG_SIGNING_KEY_FILE="$DIR/log-signing.key")
+                LOG_SIGNING_KEY_FILE="$DIR/log-signing.key" LOG_SIGNING_KEY=)
             ;;
         projector)
             env+=(PROJECTOR_ADDR="$addr" PROJECTOR_DATABASE_URL="$(role_url research_projector postgres-primary)")
@@ -227,7 +230,12 @@ wait_up() {
         fi
         sleep 0.25
     done
-    die "$c did not come $what; see $DIR/$c.log"
+    if [ "$what" = ready ]; then
+        echo "[cluster] $c's /readyz: $(curl -sS -m 2 "$(url_of "$c")/readyz" 2>&1)" >&2
+    fi
+    echo "[cluster] the last lines of $DIR/$c.log:" >&2
+    tail -n 30 "$DIR/$c.log" >&2 2>/dev/null || true
+    die "$c did not come $what within 60 s; see $DIR/$c.log"
 }
 
 binaries() {

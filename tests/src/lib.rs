@@ -26,6 +26,20 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://research:research@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// The root of the checkout the tests run in: `CARGO_MANIFEST_DIR` as cargo
+/// and nextest set it when they run a test (a test binary built in a shared
+/// target directory from another checkout would otherwise read that one's
+/// files), else where it was built.
+pub fn repo_root() -> std::path::PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    manifest
+        .parent()
+        .expect("the tests crate is in the workspace")
+        .to_owned()
+}
+
 pub fn nats_url() -> String {
     std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }

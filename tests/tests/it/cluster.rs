@@ -83,7 +83,7 @@ impl Cluster {
 
     /// Runs `scripts/cluster.sh args` on this cluster; its output.
     fn ctl(&self, args: &[&str]) -> String {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = tests::repo_root();
         let bin = crate::publishing::binary("command-api");
         let out = Command::new("bash")
             .arg(root.join("scripts/cluster.sh"))
@@ -145,7 +145,7 @@ impl Drop for Cluster {
                 }
             }
         }
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = tests::repo_root();
         let _ = Command::new("bash")
             .arg(root.join("scripts/cluster.sh"))
             .arg("down")

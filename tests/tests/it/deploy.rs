@@ -5,7 +5,7 @@
 //! services export is described there.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
@@ -13,10 +13,7 @@ use serde_json::Value;
 use crate::hostile::Pipeline;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_owned()
+    tests::repo_root()
 }
 
 fn promtool(args: &[&str]) {

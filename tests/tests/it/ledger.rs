@@ -63,7 +63,8 @@ fn verify_receipt(receipt: &[u8], key: &str) -> (i32, String) {
         &["receipt", "-", "--key", key],
         Some(receipt),
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/verify_receipt.py");
+    let script = tests::repo_root().join("docs/verify_receipt.py");
+    let script = script.to_str().expect("a UTF-8 path");
     let (py_code, py_out) = run(Path::new("python3"), &[script, key], Some(receipt));
     assert_eq!(
         (code == 0),

@@ -89,7 +89,7 @@ async fn an_independent_python_check_recomputes_the_chain_of_real_events() {
         ndjson.push_str(&e.to_cloud_event());
         ndjson.push('\n');
     }
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/verify_event.py");
+    let script = tests::repo_root().join("docs/verify_event.py");
     let run = |input: String| {
         let mut child = Command::new("python3")
             .arg(&script)
