@@ -159,26 +159,36 @@ impl Freshness {
         Ok(())
     }
 
-    /// The active replica failed: the first other one that answers and has
-    /// reached `fresh` takes over. Whether one did.
+    /// The active replica failed: the freshest other one that answers and
+    /// has reached `fresh` takes over. Whether one did.
     async fn fail_over(&self, fresh: i64, error: &sqlx::Error) -> bool {
         let failed = self.replica.active();
-        for index in (0..self.replica.count()).filter(|i| *i != failed) {
-            match self.replica.checkpoint_of(index).await {
-                Ok(checkpoint) if checkpoint >= fresh => {
-                    tracing::warn!(
-                        %error,
-                        failed = self.replica.name(failed),
-                        active = self.replica.name(index),
-                        "a read replica failed: reading from another"
-                    );
-                    self.switch(index, "failed");
-                    return true;
+        let Some((index, _)) = self.freshest_other(fresh).await else {
+            return false;
+        };
+        tracing::warn!(
+            %error,
+            failed = self.replica.name(failed),
+            active = self.replica.name(index),
+            "a read replica failed: reading from another"
+        );
+        self.switch(index, "failed");
+        true
+    }
+
+    /// The freshest replica other than the active one whose checkpoint is
+    /// at least `at_least`, with that checkpoint (one statement each).
+    async fn freshest_other(&self, at_least: i64) -> Option<(usize, i64)> {
+        let active = self.replica.active();
+        let mut best: Option<(usize, i64)> = None;
+        for index in (0..self.replica.count()).filter(|i| *i != active) {
+            if let Ok(checkpoint) = self.replica.checkpoint_of(index).await {
+                if checkpoint >= at_least && best.is_none_or(|(_, c)| checkpoint > c) {
+                    best = Some((index, checkpoint));
                 }
-                Ok(_) | Err(_) => {}
             }
         }
-        false
+        best
     }
 
     /// With several replicas: moves to the freshest when a wanted position
@@ -201,15 +211,7 @@ impl Freshness {
         let active = self.replica.active();
         if waited.is_some_and(|w| w >= SWITCH_AFTER) && asked >= SWITCH_AFTER {
             *self.last_ask.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-            let mut best: Option<(usize, i64)> = None;
-            for index in (0..self.replica.count()).filter(|i| *i != active) {
-                if let Ok(checkpoint) = self.replica.checkpoint_of(index).await {
-                    if checkpoint > fresh && best.is_none_or(|(_, c)| checkpoint > c) {
-                        best = Some((index, checkpoint));
-                    }
-                }
-            }
-            if let Some((index, checkpoint)) = best {
+            if let Some((index, checkpoint)) = self.freshest_other(fresh + 1).await {
                 tracing::info!(
                     behind = self.replica.name(active),
                     at = fresh,

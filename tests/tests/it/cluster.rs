@@ -212,6 +212,50 @@ impl Load {
         of[self.next.fetch_add(1, Ordering::Relaxed) % of.len()].clone()
     }
 
+    /// Tries `attempt` on the next instance of `endpoints` until it is done,
+    /// refused, or [`GIVE_UP_AFTER`] has passed, counting the failed
+    /// attempts; the value, how long it took from the first failure, and
+    /// how long in all. `attempt` is told whether an earlier attempt got no
+    /// answer (and so may have done its work).
+    async fn through<T, F, Fut>(
+        &self,
+        what: &str,
+        endpoints: &[String],
+        mut attempt: F,
+    ) -> Option<(T, Duration, Duration)>
+    where
+        F: FnMut(String, bool) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let started = Instant::now();
+        let mut first_failure: Option<Instant> = None;
+        let mut answer_lost = false;
+        while started.elapsed() < GIVE_UP_AFTER {
+            match attempt(self.pick(endpoints), answer_lost).await {
+                Attempt::Done(value) => {
+                    let window = first_failure.map(|f| f.elapsed()).unwrap_or_default();
+                    return Some((value, window, started.elapsed()));
+                }
+                Attempt::Refused(why) => {
+                    self.tally(|t, _| t.refused.push(format!("{what}: {why}")));
+                    return None;
+                }
+                Attempt::Retry { answered } => {
+                    answer_lost |= !answered;
+                    first_failure.get_or_insert_with(Instant::now);
+                    self.tally(|t, _| t.failed_attempts += 1);
+                    // A client's pause before it tries the next instance.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        self.tally(|t, _| {
+            t.refused
+                .push(format!("{what} gave up after {GIVE_UP_AFTER:?}"))
+        });
+        None
+    }
+
     async fn write(&self, n: usize) {
         let id = Uuid::now_v7();
         let body = json!({
@@ -219,60 +263,33 @@ impl Load {
             "observed_at": "2013-01-01T00:00:00Z",
             "values": {"temp": (n % 1000) as f64 / 10.0},
         });
-        let started = Instant::now();
-        let mut first_failure: Option<Instant> = None;
-        let mut ambiguous = false;
-        while started.elapsed() < GIVE_UP_AFTER {
-            let api = self.pick(&self.commands);
+        let attempt = |api: String, answer_lost: bool| {
             let sent = self
                 .http
                 .post(format!("{api}/v1/subjects/{}/observations", self.subject))
                 .bearer_auth(&self.writer)
                 .json(&body)
-                .send()
-                .await;
-            let outcome = match sent {
-                Ok(answer) => {
-                    let status = answer.status().as_u16();
-                    let body: Value = answer.json().await.unwrap_or_default();
-                    match status {
-                        201 => Some(body["position"].as_i64()),
-                        // An earlier attempt whose answer was lost committed it.
-                        409 if ambiguous && first_failure.is_some() => Some(None),
-                        500..=599 => None,
-                        _ => {
-                            self.tally(|t, _| t.refused.push(format!("write {status}: {body}")));
-                            return;
-                        }
-                    }
-                }
-                Err(_) => {
-                    ambiguous = true;
-                    None
-                }
-            };
-            match outcome {
-                Some(position) => {
-                    self.accepted.lock().unwrap().push((id, position));
-                    let window = first_failure.map(|f| f.elapsed()).unwrap_or_default();
-                    self.tally(|t, down| {
-                        t.writes_ok += 1;
-                        t.writes_ok_while_down += usize::from(down);
-                        t.longest_window = t.longest_window.max(window);
-                    });
-                    return;
-                }
-                None => {
-                    first_failure.get_or_insert_with(Instant::now);
-                    self.tally(|t, _| t.failed_attempts += 1);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                .send();
+            async move {
+                match answer_of(sent.await).await {
+                    Some((201, body)) => Attempt::Done(body["position"].as_i64()),
+                    // An earlier attempt whose answer was lost committed it.
+                    Some((409, _)) if answer_lost => Attempt::Done(None),
+                    Some((500..=599, _)) => Attempt::Retry { answered: true },
+                    Some((status, body)) => Attempt::Refused(format!("{status}: {body}")),
+                    None => Attempt::Retry { answered: false },
                 }
             }
+        };
+        let what = format!("write {id}");
+        if let Some((position, window, _)) = self.through(&what, &self.commands, attempt).await {
+            self.accepted.lock().unwrap().push((id, position));
+            self.tally(|t, down| {
+                t.writes_ok += 1;
+                t.writes_ok_while_down += usize::from(down);
+                t.longest_window = t.longest_window.max(window);
+            });
         }
-        self.tally(|t, _| {
-            t.refused
-                .push(format!("write {id} gave up after {GIVE_UP_AFTER:?}"))
-        });
     }
 
     async fn read(&self) {
@@ -284,73 +301,64 @@ impl Load {
                 .rev()
                 .find_map(|(id, p)| p.map(|p| (*id, p)))
         }) else {
+            // Nothing written yet: the writers are starting.
             tokio::time::sleep(Duration::from_millis(20)).await;
             return;
         };
-        let started = Instant::now();
-        let mut first_failure: Option<Instant> = None;
-        while started.elapsed() < GIVE_UP_AFTER {
-            let api = self.pick(&self.queries);
+        let attempt = |api: String, _| {
             let sent = self
                 .http
                 .get(format!("{api}/v1/observations/{id}"))
                 .bearer_auth(&self.reader)
                 .header("Consistency-Token", position.to_string())
-                .send()
-                .await;
-            let retry = match sent {
-                Ok(answer) => {
-                    let status = answer.status().as_u16();
-                    let body: Value = answer.json().await.unwrap_or_default();
-                    match status {
-                        200 => {
-                            let seen = body["position"].as_i64().unwrap_or(-1);
-                            if seen < position {
-                                self.tally(|t, _| {
-                                    t.stale.push(format!(
-                                        "{api}: observation {id} at {seen}, token {position}"
-                                    ))
-                                });
-                            }
-                            false
-                        }
-                        404 => {
-                            self.tally(|t, _| {
-                                t.stale.push(format!(
-                                    "{api}: observation {id} unknown with token {position}"
-                                ))
-                            });
-                            false
-                        }
-                        500..=599 => true,
-                        _ => {
-                            self.tally(|t, _| t.refused.push(format!("read {status}: {body}")));
-                            return;
-                        }
+                .send();
+            async move {
+                match answer_of(sent.await).await {
+                    Some((200, body)) => {
+                        let seen = body["position"].as_i64().unwrap_or(-1);
+                        Attempt::Done((seen < position).then(|| {
+                            format!("{api}: observation {id} at {seen}, token {position}")
+                        }))
                     }
+                    Some((404, _)) => Attempt::Done(Some(format!(
+                        "{api}: observation {id} unknown with token {position}"
+                    ))),
+                    Some((500..=599, _)) => Attempt::Retry { answered: true },
+                    Some((status, body)) => Attempt::Refused(format!("{status}: {body}")),
+                    None => Attempt::Retry { answered: false },
                 }
-                Err(_) => true,
-            };
-            if !retry {
-                let window = first_failure.map(|f| f.elapsed()).unwrap_or_default();
-                let took = started.elapsed();
-                self.tally(|t, down| {
-                    t.slowest_read = t.slowest_read.max(took);
-                    t.reads_ok += 1;
-                    t.reads_ok_while_down += usize::from(down);
-                    t.longest_window = t.longest_window.max(window);
-                });
-                return;
             }
-            first_failure.get_or_insert_with(Instant::now);
-            self.tally(|t, _| t.failed_attempts += 1);
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let what = format!("read {id}");
+        if let Some((stale, window, took)) = self.through(&what, &self.queries, attempt).await {
+            self.tally(|t, down| {
+                t.stale.extend(stale);
+                t.slowest_read = t.slowest_read.max(took);
+                t.reads_ok += 1;
+                t.reads_ok_while_down += usize::from(down);
+                t.longest_window = t.longest_window.max(window);
+            });
         }
-        self.tally(|t, _| {
-            t.refused
-                .push(format!("read {id} gave up after {GIVE_UP_AFTER:?}"))
-        });
     }
+}
+
+/// What one attempt of an operation came to.
+enum Attempt<T> {
+    Done(T),
+    /// Try the next instance; `answered`: it answered (a 5xx) rather than
+    /// not at all.
+    Retry {
+        answered: bool,
+    },
+    /// An answer the client cannot take.
+    Refused(String),
+}
+
+/// The status and JSON body of an answer; `None` when there was none.
+async fn answer_of(sent: reqwest::Result<reqwest::Response>) -> Option<(u16, Value)> {
+    let answer = sent.ok()?;
+    let status = answer.status().as_u16();
+    Some((status, answer.json().await.unwrap_or_default()))
 }
 
 async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> Value {
