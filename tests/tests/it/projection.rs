@@ -718,12 +718,17 @@ async fn a_projector_that_cannot_progress_says_so_and_recovers() {
         let status = response.status().as_u16();
         Some((status, response.json::<Value>().await.ok()?))
     };
+    // Ready, leading, and caught up with the study: the failure below is
+    // then the next event's alone.
+    let registered = head(&owner).await;
     wait_until(Duration::from_secs(30), "the projector to be ready", || {
         let (http, addr) = (http.clone(), addr.clone());
         async move {
             ready(http, addr)
                 .await
-                .filter(|(s, _)| *s == 200)
+                .filter(|(s, r)| {
+                    *s == 200 && r["projection"]["position"].as_i64() >= Some(registered)
+                })
                 .map(|_| ())
         }
     })
