@@ -2,13 +2,15 @@
 //! per key however many requests miss it at once (single flight). Whatever
 //! is served is current as of the cache's freshness mark F at least, so no
 //! answer is older than one this process gave before; a Redis document is
-//! only taken when Redis's `through` mark has reached F.
+//! only taken when Redis's `through` mark has reached F. A read with a
+//! token the projector has announced may take Redis's document before F
+//! reaches the token, when Redis's mark has reached the token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, OnceCell};
+use tokio::sync::{mpsc, watch, OnceCell};
 use uuid::Uuid;
 
 use crate::memory_tier::{Cache, Doc, Found, Key, Kind};
@@ -163,16 +165,33 @@ impl Documents {
         result.map(|loaded| (loaded, tier))
     }
 
+    /// The projector's announcements of what Redis holds (`None`: no Redis
+    /// tier).
+    pub fn announced(&self) -> Option<watch::Receiver<i64>> {
+        self.redis.as_ref().map(|r| r.announced())
+    }
+
+    /// The document under `key` from Redis, if Redis's `through` mark has
+    /// reached `min` (read with the document, atomically) and it holds the
+    /// document; `None` otherwise, and the caller waits for the freshness
+    /// mark instead. Taken by a request whose token the projector has
+    /// announced before the replica has replayed it.
+    pub async fn get_announced(&self, key: &Key, min: i64) -> Option<Found> {
+        self.read_redis(key, min).await.map(|loaded| loaded.found)
+    }
+
     async fn load(&self, key: &Key) -> Result<(Loaded, Tier), LoadError> {
-        if let Some(loaded) = self.read_redis(key).await {
+        let fresh = self.cache.fresh_through();
+        if let Some(loaded) = self.read_redis(key, fresh).await {
             return Ok((loaded, Tier::Redis));
         }
         Ok((self.read_replica(key).await?, Tier::Replica))
     }
 
-    async fn read_redis(&self, key: &Key) -> Option<Loaded> {
+    /// The document from Redis if Redis's `through` mark has reached `min`
+    /// (a position seen: the freshness mark, or a token's).
+    async fn read_redis(&self, key: &Key, min: i64) -> Option<Loaded> {
         let redis = self.redis.as_ref()?;
-        let fresh = self.cache.fresh_through();
         let id = match key {
             Key::Doc(_, id) => *id,
             Key::Code(code) => match redis.study_by_code(code).await {
@@ -189,7 +208,7 @@ impl Documents {
         };
         let held = redis.get(kind, id).await?;
         match held.doc {
-            Some(doc) if held.through >= fresh && fresh >= 0 => {
+            Some(doc) if held.through >= min && min >= 0 => {
                 hit("redis");
                 let loaded = Loaded {
                     found: Found::Doc(doc),
@@ -199,7 +218,8 @@ impl Documents {
                 Some(loaded)
             }
             Some(_) => {
-                // Redis has not caught up with what this process has seen.
+                // Redis has not caught up with what this process has seen
+                // (or the token asks for).
                 lookups("redis", "behind").increment(1);
                 None
             }

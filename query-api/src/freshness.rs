@@ -37,6 +37,16 @@ const SWITCH_AFTER: Duration = Duration::from_millis(100);
 /// go back to it.
 const PREFER_EVERY: Duration = Duration::from_secs(5);
 
+/// What a wait for a position ended on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    /// The freshness mark F reached it: every tier answers for it.
+    Fresh,
+    /// The projector announced a `through` mark on Redis that reached it:
+    /// Redis may answer for it before the replica does.
+    Announced,
+}
+
 pub struct Freshness {
     cache: Arc<Cache>,
     replica: Arc<Replica>,
@@ -92,18 +102,64 @@ impl Freshness {
     /// Waits until the replica's projection has reached `position` and the
     /// cache reflects it, for at most `bound`.
     pub async fn reach(&self, position: i64, bound: Duration) -> Result<(), Problem> {
+        self.reach_or_announced(position, bound, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Waits, for at most `bound`, until the cache reflects `position`, or
+    /// (given the projector's announcements) until the projector announces
+    /// that Redis holds it, whichever comes first.
+    pub async fn reach_or_announced(
+        &self,
+        position: i64,
+        bound: Duration,
+        announced: Option<watch::Receiver<i64>>,
+    ) -> Result<Reached, Problem> {
         if self.cache.fresh_through() >= position {
-            return Ok(());
+            return Ok(Reached::Fresh);
         }
         let started = Instant::now();
         let mut applied = self.applied.subscribe();
         self.want(position);
-        let reached = tokio::time::timeout(bound, applied.wait_for(|p| *p >= position)).await;
+        // A closed channel (a process shutting down) never ends the wait.
+        let fresh = async {
+            let reached = applied.wait_for(|p| *p >= position).await.is_ok();
+            if !reached {
+                std::future::pending::<()>().await;
+            }
+            Reached::Fresh
+        };
+        let heard = async {
+            let heard = match announced {
+                Some(mut announced) => announced.wait_for(|p| *p >= position).await.is_ok(),
+                None => false,
+            };
+            if !heard {
+                std::future::pending::<()>().await;
+            }
+            Reached::Announced
+        };
+        let reached = tokio::time::timeout(bound, async {
+            tokio::select! {
+                biased;
+                reached = fresh => reached,
+                reached = heard => reached,
+            }
+        })
+        .await;
         metrics::histogram!("query_consistency_wait_seconds")
             .record(started.elapsed().as_secs_f64());
         match reached {
-            Ok(Ok(_)) => Ok(()),
-            _ => {
+            Ok(reached) => {
+                let by = match reached {
+                    Reached::Fresh => "replica",
+                    Reached::Announced => "announcement",
+                };
+                metrics::counter!("query_consistency_reached_total", "by" => by).increment(1);
+                Ok(reached)
+            }
+            Err(_) => {
                 metrics::counter!("query_consistency_timeouts_total").increment(1);
                 let detail = if self.is_up() {
                     format!(

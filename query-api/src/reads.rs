@@ -14,7 +14,7 @@ use shared::auth::{Principal, Role};
 use shared::problem::Problem;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::access::{consistency, load_problem, parse_id, require};
+use crate::access::{consistency, document_at, load_problem, parse_id, require};
 use crate::encoding::{negotiate, Coding, MIN_COMPRESSED};
 use crate::memory_tier::{Doc, Found, Key, Kind};
 use crate::pages::{self, decode_cursor, parse_limit};
@@ -29,8 +29,7 @@ async fn document(
     what: &str,
 ) -> Result<Response, Problem> {
     let principal = require(principal, Role::Reader)?;
-    let min = consistency(state, headers).await?;
-    let (found, _) = state.docs.get(&key, min).await.map_err(load_problem)?;
+    let found = document_at(state, &key, headers).await?;
     // Another study's document is, to a limited token, no document at all.
     let doc = match found {
         Found::Doc(doc) if principal.may_access_study(doc.study_id) => doc,

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use shared::redis_layout::{code_key, doc_key, invalidation_channel, through_key};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::freshness::Freshness;
@@ -30,6 +31,8 @@ pub struct RedisTier {
     paused_until: AtomicU64,
     epoch: Instant,
     down: AtomicBool,
+    /// The highest `through` the projector has announced (-1: none heard).
+    announced: watch::Sender<i64>,
 }
 
 /// A document from Redis with the `through` mark read with it.
@@ -47,11 +50,19 @@ impl RedisTier {
             paused_until: AtomicU64::new(0),
             epoch: Instant::now(),
             down: AtomicBool::new(false),
+            announced: watch::Sender::new(-1),
         }))
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Follows the highest position the projector has announced. A hint
+    /// only: an announcement may be lost, or name a batch whose `through`
+    /// could not move yet; [`RedisTier::get`]'s mark is what counts.
+    pub fn announced(&self) -> watch::Receiver<i64> {
+        self.announced.subscribe()
     }
 
     /// Whether the tier is in use right now.
@@ -180,6 +191,11 @@ impl RedisTier {
                         let mut messages = pubsub.on_message();
                         while let Some(message) = messages.next().await {
                             if let Ok(position) = message.get_payload::<i64>() {
+                                self.announced.send_if_modified(|p| {
+                                    let moved = position > *p;
+                                    *p = (*p).max(position);
+                                    moved
+                                });
                                 freshness.want(position);
                             }
                         }

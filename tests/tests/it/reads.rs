@@ -767,6 +767,100 @@ async fn replica_held_back_is_waited_for_and_past_the_bound_answers_503() {
     assert_eq!(doc.json()["values"]["body_mass_g"], 4200);
 }
 
+/// The read tables' checkpoint on the standby.
+async fn replica_checkpoint(env: &Env) -> i64 {
+    let pool = sqlx::PgPool::connect(&replica_url(&env.db.url_as(DbRole::Query)))
+        .await
+        .unwrap();
+    let checkpoint = sqlx::query_scalar("SELECT position FROM read_model.checkpoint")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    checkpoint
+}
+
+#[tokio::test]
+async fn replica_held_back_a_token_read_is_answered_from_redis_once_the_projector_announced_it() {
+    let env = Env::start().await;
+    let prefix = prefix();
+    let live = live_projector(&env, Some((REDIS, &prefix))).await;
+    let mut config = query_config(&replica_url(&env.db.url_as(DbRole::Query)), REDIS, &prefix);
+    config.consistency_timeout = Duration::from_millis(1500);
+    let query = QueryApi::spawn(&config).await;
+    let (_, subject, observation) = env.recorded().await;
+    let client = redis::Client::open(REDIS).unwrap();
+    let redis = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = shared::redis_layout::invalidation_channel(&prefix);
+    wait_until(
+        Duration::from_secs(10),
+        "the query API follows the announcements",
+        || {
+            let mut redis = redis.clone();
+            let channel = channel.clone();
+            async move {
+                let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(&channel)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                (subscribers > 0).then_some(())
+            }
+        },
+    )
+    .await;
+    let _resume = ResumeOnDrop;
+
+    replay(true).await;
+    let path = format!("/v1/observations/{observation}/corrections");
+    let body = json!({"values": {"body_mass_g": 4100}, "reason": "reweighed"});
+    let answer = env.api.post(&path, &env.writer, &body).await;
+    assert_eq!(answer.status, 200, "{}", answer.json());
+    let token = position(&answer);
+    let doc = observation_with_token(&query, &env, observation, &token).await;
+    assert_eq!(doc.status, 200, "{}", String::from_utf8_lossy(&doc.bytes));
+    assert_eq!(doc.json()["values"]["body_mass_g"], 4100);
+    let subject_doc = query
+        .get_with(
+            &format!("/v1/subjects/{subject}"),
+            &env.reader,
+            &[("consistency-token", token.as_str())],
+        )
+        .await;
+    assert_eq!(subject_doc.status, 200);
+    // The standby had not replayed the correction: Redis answered.
+    let token_position: i64 = token.parse().unwrap();
+    assert!(
+        replica_checkpoint(&env).await < token_position,
+        "the replica was held back"
+    );
+    // A page is read from the replica alone: with the same token it waits
+    // for it, here past the bound.
+    let page_path = format!("/v1/subjects/{subject}/observations");
+    let page = query
+        .get_with(
+            &page_path,
+            &env.reader,
+            &[("consistency-token", token.as_str())],
+        )
+        .await;
+    page.problem(503);
+
+    replay(false).await;
+    let page = query
+        .get_with(
+            &page_path,
+            &env.reader,
+            &[("consistency-token", token.as_str())],
+        )
+        .await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.json()["items"][0]["values"]["body_mass_g"], 4100);
+    drop(live);
+    clean_redis(&prefix).await;
+}
+
 #[tokio::test]
 async fn pages_neither_skip_nor_repeat_while_subjects_are_added() {
     let env = Env::start().await;
