@@ -26,7 +26,8 @@ pub async fn checkpoint<'e, E: sqlx::PgExecutor<'e>>(
         .with_context(|| format!("reading the checkpoint of {schema}"))
 }
 
-/// Loads every view `events` touch.
+/// Loads every view `events` touch, in one statement: the observations,
+/// the subjects named by the events or by those observations, the studies.
 pub async fn load(
     conn: &mut PgConnection,
     schema: &str,
@@ -50,44 +51,44 @@ pub async fn load(
             _ => {}
         }
     }
-    let ids: Vec<Uuid> = observation_ids.into_iter().collect();
-    let rows: Vec<(Vec<u8>, sqlx::types::Json<Vec<String>>)> = sqlx::query_as(&format!(
-        "SELECT body, authors FROM {schema}.observations WHERE id = ANY($1)"
+    let observation_ids: Vec<Uuid> = observation_ids.into_iter().collect();
+    let subject_ids: Vec<Uuid> = subject_ids.into_iter().collect();
+    let study_ids: Vec<Uuid> = study_ids.into_iter().collect();
+    type Row = (i16, Vec<u8>, Option<sqlx::types::Json<Vec<String>>>);
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT 0::int2, body, authors FROM {schema}.observations WHERE id = ANY($1) \
+         UNION ALL \
+         SELECT 1::int2, state, NULL::json FROM {schema}.subjects \
+          WHERE id = ANY($2) \
+             OR id IN (SELECT subject_id FROM {schema}.observations WHERE id = ANY($1)) \
+         UNION ALL \
+         SELECT 2::int2, state, NULL::json FROM {schema}.studies WHERE id = ANY($3)"
     ))
-    .bind(&ids)
+    .bind(&observation_ids)
+    .bind(&subject_ids)
+    .bind(&study_ids)
     .fetch_all(&mut *conn)
     .await
-    .context("loading observation views")?;
-    for (body, authors) in rows {
-        let view = ObservationView::from_document(&body, authors.0)
-            .context("decoding an observation document")?;
-        subject_ids.insert(view.state.subject_id);
-        views.observations.insert(view.state.id, view);
-    }
-    let ids: Vec<Uuid> = subject_ids.into_iter().collect();
-    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(&format!(
-        "SELECT state FROM {schema}.subjects WHERE id = ANY($1)"
-    ))
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await
-    .context("loading subject views")?;
-    for (state,) in rows {
-        let view: SubjectView =
-            serde_json::from_slice(&state).context("decoding a subject view")?;
-        views.subjects.insert(view.state.id, view);
-    }
-    let ids: Vec<Uuid> = study_ids.into_iter().collect();
-    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(&format!(
-        "SELECT state FROM {schema}.studies WHERE id = ANY($1)"
-    ))
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await
-    .context("loading study views")?;
-    for (state,) in rows {
-        let view: StudyView = serde_json::from_slice(&state).context("decoding a study view")?;
-        views.studies.insert(view.state.id, view);
+    .context("loading the views")?;
+    for (kind, bytes, authors) in rows {
+        match (kind, authors) {
+            (0, Some(authors)) => {
+                let view = ObservationView::from_document(&bytes, authors.0)
+                    .context("decoding an observation document")?;
+                views.observations.insert(view.state.id, view);
+            }
+            (1, _) => {
+                let view: SubjectView =
+                    serde_json::from_slice(&bytes).context("decoding a subject view")?;
+                views.subjects.insert(view.state.id, view);
+            }
+            (2, _) => {
+                let view: StudyView =
+                    serde_json::from_slice(&bytes).context("decoding a study view")?;
+                views.studies.insert(view.state.id, view);
+            }
+            _ => anyhow::bail!("an observation row without its authors"),
+        }
     }
     Ok(views)
 }
@@ -227,35 +228,83 @@ pub struct Doc {
     pub body: Vec<u8>,
 }
 
-/// Stores the views and their documents, and moves the checkpoint; answers
-/// the documents written.
+/// Stores the views and their documents, and moves the checkpoint, in one
+/// statement; answers the documents written.
 pub async fn store(
     conn: &mut PgConnection,
     schema: &str,
     views: &Views,
     checkpoint: i64,
 ) -> anyhow::Result<Vec<Doc>> {
-    let mut docs = store_studies(conn, schema, views).await?;
-    docs.extend(store_subjects(conn, schema, views).await?);
-    docs.extend(store_observations(conn, schema, views).await?);
-    sqlx::query(&format!("UPDATE {schema}.checkpoint SET position = $1"))
-        .bind(checkpoint)
-        .execute(&mut *conn)
-        .await
-        .context("moving the checkpoint")?;
+    let studies = study_rows(views)?;
+    let subjects = subject_rows(views)?;
+    let observations = observation_rows(views)?;
+    sqlx::query(&format!(
+        "WITH studies AS ( \
+           INSERT INTO {schema}.studies (id, code, state, body, position) \
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::int8[]) \
+           ON CONFLICT (id) DO UPDATE \
+             SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position), \
+         subjects AS ( \
+           INSERT INTO {schema}.subjects (id, study_id, label, state, body, position) \
+           SELECT * FROM unnest($6::uuid[], $7::uuid[], $8::text[], $9::bytea[], $10::bytea[], $11::int8[]) \
+           ON CONFLICT (id) DO UPDATE \
+             SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position), \
+         observations AS ( \
+           INSERT INTO {schema}.observations \
+             (id, study_id, subject_id, observed_at, live, authors, body, position) \
+           SELECT * FROM unnest($12::uuid[], $13::uuid[], $14::uuid[], $15::timestamptz[], \
+                                $16::bool[], $17::text[]::json[], $18::bytea[], $19::int8[]) \
+           ON CONFLICT (id) DO UPDATE SET live = EXCLUDED.live, \
+             authors = EXCLUDED.authors, body = EXCLUDED.body, position = EXCLUDED.position) \
+         UPDATE {schema}.checkpoint SET position = $20"
+    ))
+    .bind(column(&studies.docs, |d| d.id))
+    .bind(&studies.codes)
+    .bind(&studies.states)
+    .bind(column(&studies.docs, |d| &d.body))
+    .bind(column(&studies.docs, |d| d.position))
+    .bind(column(&subjects.docs, |d| d.id))
+    .bind(column(&subjects.docs, |d| d.study_id))
+    .bind(&subjects.labels)
+    .bind(&subjects.states)
+    .bind(column(&subjects.docs, |d| &d.body))
+    .bind(column(&subjects.docs, |d| d.position))
+    .bind(&observations.ids)
+    .bind(&observations.study_ids)
+    .bind(&observations.subject_ids)
+    .bind(&observations.observed_at)
+    .bind(&observations.live)
+    .bind(&observations.authors)
+    .bind(&observations.bodies)
+    .bind(&observations.positions)
+    .bind(checkpoint)
+    .execute(&mut *conn)
+    .await
+    .context("storing the views and the checkpoint")?;
+    let mut docs = studies.docs;
+    docs.extend(subjects.docs);
+    docs.extend(observations.into_docs());
     Ok(docs)
 }
 
-async fn store_studies(
-    conn: &mut PgConnection,
-    schema: &str,
-    views: &Views,
-) -> anyhow::Result<Vec<Doc>> {
-    let mut docs = Vec::new();
-    let mut states = Vec::new();
+/// The study rows of a batch: documents, codes and states.
+struct StudyRows {
+    docs: Vec<Doc>,
+    codes: Vec<String>,
+    states: Vec<Vec<u8>>,
+}
+
+fn study_rows(views: &Views) -> anyhow::Result<StudyRows> {
+    let mut rows = StudyRows {
+        docs: Vec::new(),
+        codes: Vec::new(),
+        states: Vec::new(),
+    };
     for s in views.studies.values() {
-        states.push(serde_json::to_vec(s)?);
-        docs.push(Doc {
+        rows.states.push(serde_json::to_vec(s)?);
+        rows.codes.push(s.state.code.as_str().to_owned());
+        rows.docs.push(Doc {
             kind: "study",
             id: s.state.id,
             study_id: s.state.id,
@@ -264,38 +313,31 @@ async fn store_studies(
             body: s.document().to_string().into_bytes(),
         });
     }
-    let codes: Vec<&str> = docs.iter().filter_map(|d| d.code.as_deref()).collect();
-    sqlx::query(
-        &format!("INSERT INTO {schema}.studies (id, code, state, body, position) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::int8[]) \
-         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position"),
-    )
-    .bind(column(&docs, |d| d.id))
-    .bind(&codes)
-    .bind(&states)
-    .bind(column(&docs, |d| &d.body))
-    .bind(column(&docs, |d| d.position))
-    .execute(&mut *conn)
-    .await
-    .context("storing study views")?;
-    Ok(docs)
+    Ok(rows)
 }
 
-async fn store_subjects(
-    conn: &mut PgConnection,
-    schema: &str,
-    views: &Views,
-) -> anyhow::Result<Vec<Doc>> {
-    let (mut docs, mut labels, mut states) = (Vec::new(), Vec::new(), Vec::new());
+/// The subject rows of a batch: documents, sort labels and states.
+struct SubjectRows {
+    docs: Vec<Doc>,
+    labels: Vec<String>,
+    states: Vec<Vec<u8>>,
+}
+
+fn subject_rows(views: &Views) -> anyhow::Result<SubjectRows> {
+    let mut rows = SubjectRows {
+        docs: Vec::new(),
+        labels: Vec::new(),
+        states: Vec::new(),
+    };
     for s in views.subjects.values() {
         let variables = views
             .studies
             .get(&s.state.study_id)
             .map(|st| st.state.variables.as_slice())
             .unwrap_or_default();
-        labels.push(sort_key_text(&s.state.label));
-        states.push(serde_json::to_vec(s)?);
-        docs.push(Doc {
+        rows.labels.push(sort_key_text(&s.state.label));
+        rows.states.push(serde_json::to_vec(s)?);
+        rows.docs.push(Doc {
             kind: "subject",
             id: s.state.id,
             study_id: s.state.study_id,
@@ -304,28 +346,10 @@ async fn store_subjects(
             body: s.document(variables).to_string().into_bytes(),
         });
     }
-    sqlx::query(
-        &format!("INSERT INTO {schema}.subjects (id, study_id, label, state, body, position) \
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::bytea[], $6::int8[]) \
-         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body, position = EXCLUDED.position"),
-    )
-    .bind(column(&docs, |d| d.id))
-    .bind(column(&docs, |d| d.study_id))
-    .bind(&labels)
-    .bind(&states)
-    .bind(column(&docs, |d| &d.body))
-    .bind(column(&docs, |d| d.position))
-    .execute(&mut *conn)
-    .await
-    .context("storing subject views")?;
-    Ok(docs)
+    Ok(rows)
 }
 
-async fn store_observations(
-    conn: &mut PgConnection,
-    schema: &str,
-    views: &Views,
-) -> anyhow::Result<Vec<Doc>> {
+fn observation_rows(views: &Views) -> anyhow::Result<ObservationRows> {
     let mut rows = ObservationRows::default();
     for o in views.observations.values() {
         rows.ids.push(o.state.id);
@@ -337,41 +361,29 @@ async fn store_observations(
         rows.bodies.push(o.document());
         rows.positions.push(o.position);
     }
-    sqlx::query(
-        &format!("INSERT INTO {schema}.observations (id, study_id, subject_id, observed_at, live, authors, body, position) \
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::bool[], \
-                              $6::text[]::json[], $7::bytea[], $8::int8[]) \
-         ON CONFLICT (id) DO UPDATE SET live = EXCLUDED.live, \
-           authors = EXCLUDED.authors, body = EXCLUDED.body, position = EXCLUDED.position"),
-    )
-    .bind(&rows.ids)
-    .bind(&rows.study_ids)
-    .bind(&rows.subject_ids)
-    .bind(&rows.observed_at)
-    .bind(&rows.live)
-    .bind(&rows.authors)
-    .bind(&rows.bodies)
-    .bind(&rows.positions)
-    .execute(&mut *conn)
-    .await
-    .context("storing observation views")?;
-    let ObservationRows {
-        ids,
-        study_ids,
-        positions,
-        bodies,
-        ..
-    } = rows;
-    Ok(zip4(ids, study_ids, positions, bodies)
-        .map(|(id, study_id, position, body)| Doc {
-            kind: "observation",
-            id,
-            study_id,
-            code: None,
-            position,
-            body,
-        })
-        .collect())
+    Ok(rows)
+}
+
+impl ObservationRows {
+    fn into_docs(self) -> Vec<Doc> {
+        let ObservationRows {
+            ids,
+            study_ids,
+            positions,
+            bodies,
+            ..
+        } = self;
+        zip4(ids, study_ids, positions, bodies)
+            .map(|(id, study_id, position, body)| Doc {
+                kind: "observation",
+                id,
+                study_id,
+                code: None,
+                position,
+                body,
+            })
+            .collect()
+    }
 }
 
 /// One column of the documents, as the array bound to a statement.

@@ -767,7 +767,8 @@ async fn replica_held_back_is_waited_for_and_past_the_bound_answers_503() {
     assert_eq!(doc.json()["values"]["body_mass_g"], 4200);
 }
 
-/// The read tables' checkpoint on the standby.
+/// The read tables' checkpoint on the standby (-1 before it has replayed
+/// them).
 async fn replica_checkpoint(env: &Env) -> i64 {
     let pool = sqlx::PgPool::connect(&replica_url(&env.db.url_as(DbRole::Query)))
         .await
@@ -775,7 +776,7 @@ async fn replica_checkpoint(env: &Env) -> i64 {
     let checkpoint = sqlx::query_scalar("SELECT position FROM read_model.checkpoint")
         .fetch_one(&pool)
         .await
-        .unwrap();
+        .unwrap_or(-1);
     pool.close().await;
     checkpoint
 }
@@ -808,6 +809,18 @@ async fn replica_held_back_a_token_read_is_answered_from_redis_once_the_projecto
                 (subscribers > 0).then_some(())
             }
         },
+    )
+    .await;
+    // The standby has replayed the projection of what was recorded (it may
+    // lag behind while other tests' queries delay its replay).
+    let head: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
+        .fetch_one(&env.db.pool().await)
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the standby replays the projection",
+        || async { (replica_checkpoint(&env).await >= head).then_some(()) },
     )
     .await;
     let _resume = ResumeOnDrop;
