@@ -429,24 +429,40 @@ pub async fn lock_writer(tx: &mut sqlx::PgConnection, schema: &str) -> anyhow::R
 }
 
 /// Applies events (contiguous, in position order) to the read models in
-/// `schema` in one transaction, from the stored checkpoint on. The writer
-/// lock comes first and the checkpoint is read after it, by name, so two
-/// writers never interleave and a rebuild's switch of tables is seen.
+/// `schema` in one transaction, from the stored checkpoint on, in four
+/// round trips: (1) begin and take the writer lock, (2) read the checkpoint
+/// with the views the events touch, (3) store the views and move the
+/// checkpoint, (4) commit (and one more for each need a batch resolves).
+/// The lock comes first and the checkpoint is read after it was granted,
+/// by name, so two writers never interleave and a rebuild's switch of
+/// tables is seen.
 pub async fn apply_batch(
     conn: &mut sqlx::PgConnection,
     schema: &str,
     events: &[StoredEvent],
 ) -> anyhow::Result<Applied> {
-    let mut tx = conn.begin().await.context("beginning the batch")?;
-    lock_writer(&mut tx, schema).await?;
-    let checkpoint = read_tables::checkpoint(&mut *tx, schema).await?;
-    let events: Vec<&StoredEvent> = events.iter().filter(|e| e.position > checkpoint).collect();
-    match events.first() {
+    // A simple query: its statements run one after the other, the lock
+    // held from the first on.
+    let begin = format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({})",
+        writer_lock_key(schema)
+    );
+    let mut tx = conn
+        .begin_with(begin)
+        .await
+        .context("beginning the batch and taking the read models' writer lock")?;
+    // The views of every given event are loaded with the checkpoint; those
+    // of events at or below it (a redelivery) are stored unchanged.
+    let (checkpoint, mut views) = read_tables::load(&mut tx, schema, events).await?;
+    let owned: Vec<StoredEvent> = events
+        .iter()
+        .filter(|e| e.position > checkpoint)
+        .cloned()
+        .collect();
+    match owned.first() {
         Some(first) if first.position == checkpoint + 1 => {}
         _ => return Ok(Applied::Moved { checkpoint }),
     }
-    let owned: Vec<StoredEvent> = events.into_iter().cloned().collect();
-    let mut views = read_tables::load(&mut tx, schema, &owned).await?;
     for event in &owned {
         let needs = views.project(event)?;
         if !needs.is_empty() {

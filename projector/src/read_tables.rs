@@ -26,13 +26,14 @@ pub async fn checkpoint<'e, E: sqlx::PgExecutor<'e>>(
         .with_context(|| format!("reading the checkpoint of {schema}"))
 }
 
-/// Loads every view `events` touch, in one statement: the observations,
-/// the subjects named by the events or by those observations, the studies.
+/// The checkpoint and every view `events` touch, in one statement: the
+/// observations, the subjects named by the events or by those
+/// observations, the studies.
 pub async fn load(
     conn: &mut PgConnection,
     schema: &str,
     events: &[StoredEvent],
-) -> anyhow::Result<Views> {
+) -> anyhow::Result<(i64, Views)> {
     let mut views = Views::default();
     let mut observation_ids = HashSet::new();
     let mut subject_ids = HashSet::new();
@@ -54,15 +55,22 @@ pub async fn load(
     let observation_ids: Vec<Uuid> = observation_ids.into_iter().collect();
     let subject_ids: Vec<Uuid> = subject_ids.into_iter().collect();
     let study_ids: Vec<Uuid> = study_ids.into_iter().collect();
-    type Row = (i16, Vec<u8>, Option<sqlx::types::Json<Vec<String>>>);
+    type Row = (
+        i16,
+        Option<Vec<u8>>,
+        Option<sqlx::types::Json<Vec<String>>>,
+        Option<i64>,
+    );
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT 0::int2, body, authors FROM {schema}.observations WHERE id = ANY($1) \
+        "SELECT 3::int2, NULL::bytea, NULL::json, position FROM {schema}.checkpoint \
          UNION ALL \
-         SELECT 1::int2, state, NULL::json FROM {schema}.subjects \
+         SELECT 0::int2, body, authors, NULL FROM {schema}.observations WHERE id = ANY($1) \
+         UNION ALL \
+         SELECT 1::int2, state, NULL, NULL FROM {schema}.subjects \
           WHERE id = ANY($2) \
              OR id IN (SELECT subject_id FROM {schema}.observations WHERE id = ANY($1)) \
          UNION ALL \
-         SELECT 2::int2, state, NULL::json FROM {schema}.studies WHERE id = ANY($3)"
+         SELECT 2::int2, state, NULL, NULL FROM {schema}.studies WHERE id = ANY($3)"
     ))
     .bind(&observation_ids)
     .bind(&subject_ids)
@@ -70,27 +78,31 @@ pub async fn load(
     .fetch_all(&mut *conn)
     .await
     .context("loading the views")?;
-    for (kind, bytes, authors) in rows {
-        match (kind, authors) {
-            (0, Some(authors)) => {
+    let mut checkpoint = None;
+    for (kind, bytes, authors, position) in rows {
+        match (kind, bytes, authors, position) {
+            (3, _, _, Some(position)) => checkpoint = Some(position),
+            (0, Some(bytes), Some(authors), _) => {
                 let view = ObservationView::from_document(&bytes, authors.0)
                     .context("decoding an observation document")?;
                 views.observations.insert(view.state.id, view);
             }
-            (1, _) => {
+            (1, Some(bytes), _, _) => {
                 let view: SubjectView =
                     serde_json::from_slice(&bytes).context("decoding a subject view")?;
                 views.subjects.insert(view.state.id, view);
             }
-            (2, _) => {
+            (2, Some(bytes), _, _) => {
                 let view: StudyView =
                     serde_json::from_slice(&bytes).context("decoding a study view")?;
                 views.studies.insert(view.state.id, view);
             }
-            _ => anyhow::bail!("an observation row without its authors"),
+            _ => anyhow::bail!("a read-table row of an unexpected shape"),
         }
     }
-    Ok(views)
+    let checkpoint =
+        checkpoint.with_context(|| format!("{schema}.checkpoint holds no position"))?;
+    Ok((checkpoint, views))
 }
 
 /// Resolves needs from the stored observations, overridden by the ones this

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use projector::{Projector, ProjectorConfig};
+use projector::{apply_batch, Applied, Projector, ProjectorConfig, LIVE_SCHEMA};
 use serde_json::{json, Value};
 use shared::envelope::StoredEvent;
 use shared::projection::Views;
@@ -325,6 +325,33 @@ async fn redelivered_and_duplicated_events_change_nothing() {
     }
     assert_eq!(stored_documents(&pool).await, before);
     assert_matches_replay(&pool).await;
+}
+
+#[tokio::test]
+async fn a_batch_that_straddles_the_checkpoint_applies_only_what_follows_it() {
+    let env = Env::start().await;
+    let pool = env.db.pool_as(DbRole::Projector).await;
+    history(&env).await;
+    let events = EventStore::read_after(&pool, 0, 1_000_000).await.unwrap();
+    let half = events.len() / 2;
+    let last = events.last().unwrap().position;
+    let mut conn = pool.acquire().await.unwrap();
+    let applied = apply_batch(&mut conn, LIVE_SCHEMA, &events[..half])
+        .await
+        .unwrap();
+    assert!(
+        matches!(applied, Applied::Done { checkpoint, .. } if checkpoint == events[half - 1].position)
+    );
+    // The whole log again (as a second writer's batch would overlap): the
+    // first half is at or below the checkpoint and changes nothing.
+    let applied = apply_batch(&mut conn, LIVE_SCHEMA, &events).await.unwrap();
+    assert!(matches!(applied, Applied::Done { checkpoint, .. } if checkpoint == last));
+    assert_matches_replay(&pool).await;
+    // Once more: everything is at or below it; nothing is written.
+    let before = stored_documents(&pool).await;
+    let applied = apply_batch(&mut conn, LIVE_SCHEMA, &events).await.unwrap();
+    assert!(matches!(applied, Applied::Moved { checkpoint } if checkpoint == last));
+    assert_eq!(stored_documents(&pool).await, before);
 }
 
 #[tokio::test]
