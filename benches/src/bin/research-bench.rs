@@ -51,6 +51,11 @@ enum What {
         /// study of its own.
         #[arg(long)]
         study_file: Option<std::path::PathBuf>,
+        /// Observations a request: 1 posts single commands; more posts
+        /// batches of that many to `/v1/commands` (rates count requests;
+        /// the JSON answer adds `events_per_s`).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        batch: u16,
     },
     /// Read-your-writes latency: record observations at RATE in the
     /// background and, PROBES times a second, one more whose document is
@@ -195,13 +200,14 @@ async fn main() -> anyhow::Result<()> {
             rate,
             json: as_json,
             study_file,
+            batch,
         } => {
             let load = Load {
                 connections,
                 seconds,
                 rate,
             };
-            write(api, token, study_file, load, as_json).await
+            write(api, token, study_file, load, usize::from(batch), as_json).await
         }
         What::Prefill {
             api,
@@ -400,15 +406,103 @@ async fn write(
     token: String,
     study_file: Option<std::path::PathBuf>,
     load: Load,
+    batch: usize,
     as_json: bool,
 ) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(load.connections)
         .build()?;
     let targets = observation_targets(&client, &api, &token, study_file.as_deref()).await?;
-    let report = record_observations(client, targets, &token, &load).await;
-    print_report(&report, load.connections, load.rate, as_json);
+    let report = if batch == 1 {
+        record_observations(client, targets, &token, &load).await
+    } else {
+        let batches = batch_targets(&api, &targets, batch)?;
+        record_batches(client, batches, &token, &load).await
+    };
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "connections": load.connections, "rate_target": load.rate, "rate": report.rate(),
+                "batch": batch, "events_per_s": report.rate() * batch as f64,
+                "ok": report.requests, "errors": report.errors,
+                "p50_ms": report.percentile_ms(50.0), "p99_ms": report.percentile_ms(99.0),
+            })
+        );
+    } else {
+        print_report(&report, load.connections, load.rate, false);
+    }
     Ok(())
+}
+
+/// Requests to send in turn: each a URL and a body.
+type Targets = Arc<Vec<(String, Vec<u8>)>>;
+
+/// The single-command targets grouped `size` at a time into batch bodies
+/// for `/v1/commands` (each item the command's body with its type and
+/// target).
+fn batch_targets(api: &str, targets: &[(String, Vec<u8>)], size: usize) -> anyhow::Result<Targets> {
+    let mut items = Vec::with_capacity(targets.len());
+    for (url, body) in targets {
+        let subject = url
+            .rsplit('/')
+            .nth(1)
+            .context("a target URL names its subject")?;
+        let mut item: Value = serde_json::from_slice(body)?;
+        item["type"] = json!("RecordObservation");
+        item["target"] = json!(subject);
+        items.push(item);
+    }
+    let url = format!("{api}/v1/commands");
+    items
+        .chunks(size)
+        .filter(|chunk| chunk.len() == size)
+        .map(|chunk| {
+            Ok((
+                url.clone(),
+                serde_json::to_vec(&json!({ "commands": chunk }))?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Arc::new)
+}
+
+/// POSTs the batch bodies in turn under `load`, counting a `200` whose
+/// every item was recorded (`201`) as a success.
+async fn record_batches(
+    client: reqwest::Client,
+    batches: Targets,
+    token: &str,
+    load: &Load,
+) -> load::Report {
+    let auth = format!("Bearer {token}");
+    let duration = Duration::from_secs(load.seconds);
+    load::run(load.connections, duration, load.rate, move |n| {
+        let (client, batches, auth) = (client.clone(), batches.clone(), auth.clone());
+        async move {
+            let (url, body) = &batches[n as usize % batches.len()];
+            let Ok(response) = client
+                .post(url)
+                .header("authorization", auth)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+            else {
+                return false;
+            };
+            if response.status().as_u16() != 200 {
+                return false;
+            }
+            let Ok(answer) = response.json::<Value>().await else {
+                return false;
+            };
+            answer["results"]
+                .as_array()
+                .is_some_and(|results| results.iter().all(|r| r["status"] == 201))
+        }
+    })
+    .await
 }
 
 /// What the read-your-writes probes saw.
