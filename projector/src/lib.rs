@@ -418,14 +418,21 @@ pub fn writer_lock_key(schema: &str) -> i64 {
     i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
-/// Takes the writer lock of `schema` for the current transaction.
-pub async fn lock_writer(tx: &mut sqlx::PgConnection, schema: &str) -> anyhow::Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(writer_lock_key(schema))
-        .execute(tx)
+/// Begins a transaction holding the writer lock of `schema`, in one round
+/// trip (a simple query: its statements run one after the other, the lock
+/// held from the first on). What the transaction reads next is read after
+/// the lock was granted.
+pub async fn begin_writer<'c>(
+    conn: &'c mut sqlx::PgConnection,
+    schema: &str,
+) -> anyhow::Result<sqlx::Transaction<'c, sqlx::Postgres>> {
+    let begin = format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({})",
+        writer_lock_key(schema)
+    );
+    conn.begin_with(begin)
         .await
-        .context("taking the read models' writer lock")?;
-    Ok(())
+        .context("beginning a transaction with the read models' writer lock")
 }
 
 /// Applies events (contiguous, in position order) to the read models in
@@ -441,16 +448,7 @@ pub async fn apply_batch(
     schema: &str,
     events: &[StoredEvent],
 ) -> anyhow::Result<Applied> {
-    // A simple query: its statements run one after the other, the lock
-    // held from the first on.
-    let begin = format!(
-        "BEGIN; SELECT pg_advisory_xact_lock({})",
-        writer_lock_key(schema)
-    );
-    let mut tx = conn
-        .begin_with(begin)
-        .await
-        .context("beginning the batch and taking the read models' writer lock")?;
+    let mut tx = begin_writer(conn, schema).await?;
     // The views of every given event are loaded with the checkpoint; those
     // of events at or below it (a redelivery) are stored unchanged.
     let (checkpoint, mut views) = read_tables::load(&mut tx, schema, events).await?;

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use shared::store::EventStore;
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 
 use crate::read_tables::checkpoint;
-use crate::{apply_batch, lock_writer, Applied, LIVE_SCHEMA};
+use crate::{apply_batch, begin_writer, Applied, LIVE_SCHEMA};
 
 /// Events read and applied per transaction during a replay.
 pub const REPLAY_BATCH: i64 = 5000;
@@ -92,13 +92,6 @@ pub async fn replay_into(
     Ok(position)
 }
 
-/// Takes the live writer lock for the transaction; answers the live
-/// checkpoint, which cannot move until the transaction ends.
-async fn hold_live(tx: &mut sqlx::PgConnection) -> anyhow::Result<i64> {
-    lock_writer(tx, LIVE_SCHEMA).await?;
-    checkpoint(tx, LIVE_SCHEMA).await
-}
-
 /// Rebuilds the read models beside the live ones and switches to them once
 /// caught up; the live tables keep serving (and the live projector keeps
 /// projecting) until the switch. Answers the position at the switch.
@@ -107,9 +100,10 @@ pub async fn rebuild(pool: &PgPool, progress: bool) -> anyhow::Result<i64> {
     create_like_live(pool, &next).await?;
     replay_into(pool, &next, None, progress).await?;
     let mut conn = pool.acquire().await.context("acquiring a connection")?;
-    let mut tx = conn.begin().await?;
     // The live writer lock stops the live projector between batches.
-    let live = hold_live(&mut tx).await?;
+    // The live checkpoint cannot move until the transaction ends.
+    let mut tx = begin_writer(&mut conn, LIVE_SCHEMA).await?;
+    let live = checkpoint(&mut *tx, LIVE_SCHEMA).await?;
     // Catch up with everything committed so far (at least the live state).
     let reached = replay_into(pool, &next, None, false).await?;
     anyhow::ensure!(
@@ -152,9 +146,10 @@ pub async fn verify(pool: &PgPool, progress: bool) -> anyhow::Result<(i64, Optio
     create_like_live(pool, &scratch).await?;
     replay_into(pool, &scratch, None, progress).await?;
     let mut conn = pool.acquire().await.context("acquiring a connection")?;
-    let mut tx = conn.begin().await?;
     // The live tables hold still while they are compared.
-    let live = hold_live(&mut tx).await?;
+    // The live checkpoint cannot move until the transaction ends.
+    let mut tx = begin_writer(&mut conn, LIVE_SCHEMA).await?;
+    let live = checkpoint(&mut *tx, LIVE_SCHEMA).await?;
     let replayed = checkpoint(&mut *tx, &scratch).await?;
     if replayed < live {
         replay_into(pool, &scratch, Some(live), false).await?;

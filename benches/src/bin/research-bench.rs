@@ -353,6 +353,9 @@ struct Load {
     rate: Option<f64>,
 }
 
+/// Requests to send in turn: each a URL and a body.
+type Targets = Arc<Vec<(String, Vec<u8>)>>;
+
 /// `(url, body)` of a RecordObservation for every weather row, into the
 /// study of `study_file` (or a new one).
 async fn observation_targets(
@@ -360,7 +363,7 @@ async fn observation_targets(
     api: &str,
     token: &str,
     study_file: Option<&std::path::Path>,
-) -> anyhow::Result<Arc<Vec<(String, Vec<u8>)>>> {
+) -> anyhow::Result<Targets> {
     let data = weather_data()?;
     let study = bench_study(client, api, token, &data, study_file).await?;
     let mut targets = Vec::new();
@@ -375,10 +378,11 @@ async fn observation_targets(
     Ok(Arc::new(targets))
 }
 
-/// POSTs the targets in turn under `load`, counting a 201 as a success.
+/// POSTs the targets in turn under `load`. A success is a `201` (a single
+/// command), or a batch's `200` whose every item was recorded (`201`).
 async fn record_observations(
     client: reqwest::Client,
-    targets: Arc<Vec<(String, Vec<u8>)>>,
+    targets: Targets,
     token: &str,
     load: &Load,
 ) -> load::Report {
@@ -388,14 +392,25 @@ async fn record_observations(
         let (client, targets, auth) = (client.clone(), targets.clone(), auth.clone());
         async move {
             let (url, body) = &targets[n as usize % targets.len()];
-            let sent = client
+            let Ok(response) = client
                 .post(url)
                 .header("authorization", auth)
                 .header("content-type", "application/json")
                 .body(body.clone())
                 .send()
-                .await;
-            matches!(sent, Ok(r) if r.status().as_u16() == 201)
+                .await
+            else {
+                return false;
+            };
+            match response.status().as_u16() {
+                201 => true,
+                200 => response.json::<Value>().await.is_ok_and(|answer| {
+                    answer["results"]
+                        .as_array()
+                        .is_some_and(|results| results.iter().all(|r| r["status"] == 201))
+                }),
+                _ => false,
+            }
         }
     })
     .await
@@ -413,12 +428,11 @@ async fn write(
         .pool_max_idle_per_host(load.connections)
         .build()?;
     let targets = observation_targets(&client, &api, &token, study_file.as_deref()).await?;
-    let report = if batch == 1 {
-        record_observations(client, targets, &token, &load).await
-    } else {
-        let batches = batch_targets(&api, &targets, batch)?;
-        record_batches(client, batches, &token, &load).await
+    let targets = match batch {
+        1 => targets,
+        size => batch_targets(&api, &targets, size)?,
     };
+    let report = record_observations(client, targets, &token, &load).await;
     if as_json {
         println!(
             "{}",
@@ -434,9 +448,6 @@ async fn write(
     }
     Ok(())
 }
-
-/// Requests to send in turn: each a URL and a body.
-type Targets = Arc<Vec<(String, Vec<u8>)>>;
 
 /// The single-command targets grouped `size` at a time into batch bodies
 /// for `/v1/commands` (each item the command's body with its type and
@@ -465,44 +476,6 @@ fn batch_targets(api: &str, targets: &[(String, Vec<u8>)], size: usize) -> anyho
         })
         .collect::<anyhow::Result<Vec<_>>>()
         .map(Arc::new)
-}
-
-/// POSTs the batch bodies in turn under `load`, counting a `200` whose
-/// every item was recorded (`201`) as a success.
-async fn record_batches(
-    client: reqwest::Client,
-    batches: Targets,
-    token: &str,
-    load: &Load,
-) -> load::Report {
-    let auth = format!("Bearer {token}");
-    let duration = Duration::from_secs(load.seconds);
-    load::run(load.connections, duration, load.rate, move |n| {
-        let (client, batches, auth) = (client.clone(), batches.clone(), auth.clone());
-        async move {
-            let (url, body) = &batches[n as usize % batches.len()];
-            let Ok(response) = client
-                .post(url)
-                .header("authorization", auth)
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await
-            else {
-                return false;
-            };
-            if response.status().as_u16() != 200 {
-                return false;
-            }
-            let Ok(answer) = response.json::<Value>().await else {
-                return false;
-            };
-            answer["results"]
-                .as_array()
-                .is_some_and(|results| results.iter().all(|r| r["status"] == 201))
-        }
-    })
-    .await
 }
 
 /// What the read-your-writes probes saw.

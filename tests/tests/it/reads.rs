@@ -851,23 +851,12 @@ async fn replica_held_back_a_token_read_is_answered_from_redis_once_the_projecto
     // A page is read from the replica alone: with the same token it waits
     // for it, here past the bound.
     let page_path = format!("/v1/subjects/{subject}/observations");
-    let page = query
-        .get_with(
-            &page_path,
-            &env.reader,
-            &[("consistency-token", token.as_str())],
-        )
-        .await;
-    page.problem(503);
+    let with_token = [("consistency-token", token.as_str())];
+    let page_with_token = || query.get_with(&page_path, &env.reader, &with_token);
+    page_with_token().await.problem(503);
 
     replay(false).await;
-    let page = query
-        .get_with(
-            &page_path,
-            &env.reader,
-            &[("consistency-token", token.as_str())],
-        )
-        .await;
+    let page = page_with_token().await;
     assert_eq!(page.status, 200);
     assert_eq!(page.json()["items"][0]["values"]["body_mass_g"], 4100);
     drop(live);
