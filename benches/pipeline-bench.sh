@@ -28,7 +28,9 @@
 # first grows its study to that many observations (through the batch
 # endpoint, the projection catching up, the tables vacuumed and the standby
 # caught up before the measurement), then measures while recording into the
-# same study.
+# same study. The observations go forward in time, run after run (the
+# weather rows moved by the data set's span each pass; see
+# benches/src/feed.rs), as a study that keeps measuring grows.
 # Settings: CLIENTS (16), SECONDS_PER_RUN (15), ROUNDS (2), SIZES (0).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"

@@ -3,6 +3,7 @@
 //! benchmarks.
 
 pub mod datasets;
+pub mod feed;
 pub mod load;
 pub mod mix;
 pub mod raw_http;

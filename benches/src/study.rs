@@ -12,6 +12,10 @@ use crate::datasets;
 pub struct BenchStudy {
     pub study_id: String,
     pub subjects: Vec<String>,
+    /// Observations the write benchmarks recorded into it so far (where
+    /// the next run's [`Feed`](crate::feed::Feed) starts).
+    #[serde(default)]
+    pub recorded: u64,
 }
 
 /// The weather data set (`data/nyc_weather_2013.csv`).
@@ -43,12 +47,23 @@ pub async fn bench_study(
         let r = post(client, api, token, &path, &body).await?;
         subjects.push(r["id"].as_str().context("a subject id")?.to_owned());
     }
-    let study = BenchStudy { study_id, subjects };
+    let study = BenchStudy {
+        study_id,
+        subjects,
+        recorded: 0,
+    };
     if let Some(file) = file {
-        std::fs::write(file, serde_json::to_vec(&study)?)
-            .with_context(|| format!("writing {}", file.display()))?;
+        study.save(file)?;
     }
     Ok(study)
+}
+
+impl BenchStudy {
+    /// Writes the study to `file`, for the next run.
+    pub fn save(&self, file: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::write(file, serde_json::to_vec(self)?)
+            .with_context(|| format!("writing {}", file.display()))
+    }
 }
 
 /// POSTs `body` to `api` + `path`; a status other than 2xx is an error

@@ -74,7 +74,7 @@ pub struct Config {
     /// Bytes of aggregate states kept in memory for deciding commands
     /// (estimated); studies, subjects and recently read observations are
     /// kept first.
-    #[arg(long, env = "COMMAND_API_STATE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "COMMAND_API_STATE_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub state_cache_bytes: usize,
 
     /// Most append requests written in one transaction.

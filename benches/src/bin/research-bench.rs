@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use benches::feed::Feed;
 use benches::load;
 use benches::mix;
-use benches::study::{bench_study, post, weather_data};
+use benches::study::{bench_study, weather_data, BenchStudy};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -85,9 +86,9 @@ enum What {
         #[arg(long)]
         study_file: Option<std::path::PathBuf>,
     },
-    /// Grow a benchmark study to EVENTS more observations through the batch
-    /// endpoint (1000 a request, 4 at a time), before `write --study-file`
-    /// measures at that size.
+    /// Grow a benchmark study by EVENTS more observations (rounded up to
+    /// whole batches of 1000, 4 requests at a time, through the batch
+    /// endpoint), before `write --study-file` measures at that size.
     Prefill {
         #[arg(long, env = "COMMAND_API_URL", default_value = "http://127.0.0.1:8081")]
         api: String,
@@ -353,50 +354,91 @@ struct Load {
     rate: Option<f64>,
 }
 
-/// Requests to send in turn: each a URL and a body.
-type Targets = Arc<Vec<(String, Vec<u8>)>>;
+/// Makes the next request to send: a URL and a body.
+type Requests = Arc<dyn Fn() -> (String, Vec<u8>) + Send + Sync>;
 
-/// `(url, body)` of a RecordObservation for every weather row, into the
-/// study of `study_file` (or a new one).
-async fn observation_targets(
+/// The benchmark study of `study_file` (or a new one) and the feed going on
+/// where its last run stopped.
+async fn study_feed(
     client: &reqwest::Client,
     api: &str,
     token: &str,
     study_file: Option<&std::path::Path>,
-) -> anyhow::Result<Targets> {
+) -> anyhow::Result<(BenchStudy, Arc<Feed>)> {
     let data = weather_data()?;
     let study = bench_study(client, api, token, &data, study_file).await?;
-    let mut targets = Vec::new();
-    for (subject, id) in data.subjects.iter().zip(&study.subjects) {
-        for o in &subject.observations {
-            targets.push((
-                format!("{api}/v1/subjects/{id}/observations"),
-                serde_json::to_vec(&o.record_body())?,
-            ));
-        }
-    }
-    Ok(Arc::new(targets))
+    let feed = Feed::new(&data, study.recorded)?;
+    Ok((study, Arc::new(feed)))
 }
 
-/// POSTs the targets in turn under `load`. A success is a `201` (a single
+/// Records in the study file how far the feed went, so that the next run
+/// goes on from there.
+fn save_position(
+    mut study: BenchStudy,
+    feed: &Feed,
+    study_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    study.recorded = feed.position();
+    study_file.map_or(Ok(()), |file| study.save(file))
+}
+
+/// Requests recording the feed's next observations: single commands to
+/// their subjects (`batch` 1) or batches of `batch` to `/v1/commands`.
+fn observation_requests(api: &str, study: &BenchStudy, feed: Arc<Feed>, batch: usize) -> Requests {
+    let subjects: Vec<String> = study.subjects.clone();
+    if batch == 1 {
+        let urls: Vec<String> = subjects
+            .iter()
+            .map(|id| format!("{api}/v1/subjects/{id}/observations"))
+            .collect();
+        return Arc::new(move || {
+            let (subject, body) = feed.next();
+            (urls[subject].clone(), body.to_string().into_bytes())
+        });
+    }
+    let url = format!("{api}/v1/commands");
+    Arc::new(move || {
+        let commands: Vec<Value> = (0..batch)
+            .map(|_| {
+                let (subject, mut item) = feed.next();
+                item["type"] = json!("RecordObservation");
+                item["target"] = json!(subjects[subject]);
+                item
+            })
+            .collect();
+        (
+            url.clone(),
+            json!({ "commands": commands }).to_string().into_bytes(),
+        )
+    })
+}
+
+/// Whether a batch's answer says every item was recorded (`201`).
+fn every_item_recorded(answer: &Value) -> bool {
+    answer["results"]
+        .as_array()
+        .is_some_and(|results| results.iter().all(|r| r["status"] == 201))
+}
+
+/// POSTs the requests under `load`. A success is a `201` (a single
 /// command), or a batch's `200` whose every item was recorded (`201`).
 async fn record_observations(
     client: reqwest::Client,
-    targets: Targets,
+    requests: Requests,
     token: &str,
     load: &Load,
 ) -> load::Report {
     let auth = format!("Bearer {token}");
     let duration = Duration::from_secs(load.seconds);
-    load::run(load.connections, duration, load.rate, move |n| {
-        let (client, targets, auth) = (client.clone(), targets.clone(), auth.clone());
+    load::run(load.connections, duration, load.rate, move |_| {
+        let (client, auth) = (client.clone(), auth.clone());
+        let (url, body) = requests();
         async move {
-            let (url, body) = &targets[n as usize % targets.len()];
             let Ok(response) = client
                 .post(url)
                 .header("authorization", auth)
                 .header("content-type", "application/json")
-                .body(body.clone())
+                .body(body)
                 .send()
                 .await
             else {
@@ -404,11 +446,10 @@ async fn record_observations(
             };
             match response.status().as_u16() {
                 201 => true,
-                200 => response.json::<Value>().await.is_ok_and(|answer| {
-                    answer["results"]
-                        .as_array()
-                        .is_some_and(|results| results.iter().all(|r| r["status"] == 201))
-                }),
+                200 => response
+                    .json::<Value>()
+                    .await
+                    .is_ok_and(|answer| every_item_recorded(&answer)),
                 _ => false,
             }
         }
@@ -427,12 +468,10 @@ async fn write(
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(load.connections)
         .build()?;
-    let targets = observation_targets(&client, &api, &token, study_file.as_deref()).await?;
-    let targets = match batch {
-        1 => targets,
-        size => batch_targets(&api, &targets, size)?,
-    };
-    let report = record_observations(client, targets, &token, &load).await;
+    let (study, feed) = study_feed(&client, &api, &token, study_file.as_deref()).await?;
+    let requests = observation_requests(&api, &study, feed.clone(), batch);
+    let report = record_observations(client, requests, &token, &load).await;
+    save_position(study, &feed, study_file.as_deref())?;
     if as_json {
         println!(
             "{}",
@@ -447,35 +486,6 @@ async fn write(
         print_report(&report, load.connections, load.rate, false);
     }
     Ok(())
-}
-
-/// The single-command targets grouped `size` at a time into batch bodies
-/// for `/v1/commands` (each item the command's body with its type and
-/// target).
-fn batch_targets(api: &str, targets: &[(String, Vec<u8>)], size: usize) -> anyhow::Result<Targets> {
-    let mut items = Vec::with_capacity(targets.len());
-    for (url, body) in targets {
-        let subject = url
-            .rsplit('/')
-            .nth(1)
-            .context("a target URL names its subject")?;
-        let mut item: Value = serde_json::from_slice(body)?;
-        item["type"] = json!("RecordObservation");
-        item["target"] = json!(subject);
-        items.push(item);
-    }
-    let url = format!("{api}/v1/commands");
-    items
-        .chunks(size)
-        .filter(|chunk| chunk.len() == size)
-        .map(|chunk| {
-            Ok((
-                url.clone(),
-                serde_json::to_vec(&json!({ "commands": chunk }))?,
-            ))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()
-        .map(Arc::new)
 }
 
 /// What the read-your-writes probes saw.
@@ -506,29 +516,23 @@ async fn visible(
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(load.connections + 16)
         .build()?;
-    let targets = observation_targets(&client, &api, &token, study_file.as_deref()).await?;
+    let (study, feed) = study_feed(&client, &api, &token, study_file.as_deref()).await?;
+    let requests = observation_requests(&api, &study, feed.clone(), 1);
     let background = {
-        let (client, targets, token) = (client.clone(), targets.clone(), token.clone());
-        tokio::spawn(async move { record_observations(client, targets, &token, &load).await })
+        let (client, requests, token) = (client.clone(), requests.clone(), token.clone());
+        tokio::spawn(async move { record_observations(client, requests, &token, &load).await })
     };
     let probes = Arc::new(std::sync::Mutex::new(Probes::default()));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
     let end = std::time::Instant::now() + Duration::from_secs(load.seconds);
     let mut running = tokio::task::JoinSet::new();
-    let mut n = 0usize;
     while std::time::Instant::now() < end {
         tick.tick().await;
-        n += 1;
-        let (client, targets, token, query, probes) = (
-            client.clone(),
-            targets.clone(),
-            token.clone(),
-            query.clone(),
-            probes.clone(),
-        );
+        let (client, token, query, probes) =
+            (client.clone(), token.clone(), query.clone(), probes.clone());
+        let (url, body) = requests();
         running.spawn(async move {
-            let (url, body) = &targets[n.wrapping_mul(7919) % targets.len()];
-            let outcome = probe(&client, url, body, &query, &token).await;
+            let outcome = probe(&client, &url, body, &query, &token).await;
             let mut probes = probes.lock().unwrap_or_else(|e| e.into_inner());
             match outcome {
                 Some(Ok(micros)) => probes.visible_us.push(micros),
@@ -539,6 +543,7 @@ async fn visible(
     }
     while running.join_next().await.is_some() {}
     let background = background.await?;
+    save_position(study, &feed, study_file.as_deref())?;
     let mut probes = std::mem::take(&mut *probes.lock().unwrap_or_else(|e| e.into_inner()));
     probes.visible_us.sort_unstable();
     let (p50, p99, max) = (
@@ -573,7 +578,7 @@ async fn visible(
 async fn probe(
     client: &reqwest::Client,
     url: &str,
-    body: &[u8],
+    body: Vec<u8>,
     query: &str,
     token: &str,
 ) -> Option<Result<u64, u16>> {
@@ -581,7 +586,7 @@ async fn probe(
         .post(url)
         .bearer_auth(token)
         .header("content-type", "application/json")
-        .body(body.to_vec())
+        .body(body)
         .send()
         .await
         .ok()?;
@@ -612,54 +617,41 @@ async fn probe(
     Some(Ok(answered.elapsed().as_micros() as u64))
 }
 
-/// Records `events` observations into the study of `study_file`, cycling
-/// through the weather rows, 1000 a batch and 4 batches at a time.
+/// Records `events` more observations from the feed into the study of
+/// `study_file`, 1000 a batch and 4 batches at a time.
 async fn prefill(
     api: String,
     token: String,
     study_file: std::path::PathBuf,
     events: u64,
 ) -> anyhow::Result<()> {
+    const BATCH: u64 = 1000;
     let client = reqwest::Client::new();
-    let data = weather_data()?;
-    let study = bench_study(&client, &api, &token, &data, Some(&study_file)).await?;
-    let items: Vec<Value> = data
-        .subjects
-        .iter()
-        .zip(&study.subjects)
-        .flat_map(|(subject, id)| {
-            subject.observations.iter().map(move |o| {
-                let mut item = o.record_body();
-                item["type"] = json!("RecordObservation");
-                item["target"] = json!(id);
-                item
-            })
-        })
-        .collect();
-    let items = Arc::new(items);
+    let (study, feed) = study_feed(&client, &api, &token, Some(&study_file)).await?;
+    let requests = observation_requests(&api, &study, feed.clone(), BATCH as usize);
+    let auth = format!("Bearer {token}");
     let started = std::time::Instant::now();
-    let batches = events.div_ceil(1000);
+    let batches = events.div_ceil(BATCH);
     let mut done = 0u64;
     let mut next = 0u64;
     let mut running = tokio::task::JoinSet::new();
     while done < batches {
         while next < batches && running.len() < 4 {
-            let (client, items, api, token) =
-                (client.clone(), items.clone(), api.clone(), token.clone());
-            let first = next * 1000;
-            let count = (events - first).min(1000);
+            let (url, body) = requests();
+            let request = client.post(url).header("authorization", &auth);
             running.spawn(async move {
-                let commands: Vec<&Value> = (first..first + count)
-                    .map(|n| &items[n as usize % items.len()])
-                    .collect();
-                post(
-                    &client,
-                    &api,
-                    &token,
-                    "/v1/commands",
-                    &json!({ "commands": commands }),
-                )
-                .await
+                let answer = request
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = answer.status();
+                let text = answer.text().await.unwrap_or_default();
+                let recorded = serde_json::from_str(&text).is_ok_and(|a| every_item_recorded(&a));
+                if !status.is_success() || !recorded {
+                    bail!("POST /v1/commands: {status} {text:.2000}");
+                }
+                anyhow::Ok(())
             });
             next += 1;
         }
@@ -669,14 +661,14 @@ async fn prefill(
             if done % (batches / 10).max(1) == 0 || done == batches {
                 eprintln!(
                     "[prefill] {}/{} observations, {:.0}/s",
-                    (done * 1000).min(events),
-                    events,
-                    (done * 1000).min(events) as f64 / started.elapsed().as_secs_f64()
+                    done * BATCH,
+                    batches * BATCH,
+                    (done * BATCH) as f64 / started.elapsed().as_secs_f64()
                 );
             }
         }
     }
-    Ok(())
+    save_position(study, &feed, Some(&study_file))
 }
 
 async fn read(
