@@ -70,6 +70,8 @@ wal_lsn() { "${PSQL[@]}" -d postgres -c "SELECT pg_current_wal_lsn()"; }
 wal_bytes() { "${PSQL[@]}" -d postgres -c "SELECT pg_wal_lsn_diff('$2', '$1')"; }
 # CPU ticks a process has used (user + system).
 proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Resets a process's peak resident memory (VmHWM) to its current one.
+reset_peak() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }
 rss_mb() { awk '/^'"$2"':/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
 per_event_us() { python3 -c "print(round(($2 - $1) / $HZ * 1e6 / max($3, 1)))"; }
@@ -160,6 +162,8 @@ service() {
     local before
     before=$("${PSQL[@]}" -d "$db" -c "SELECT coalesce(max(position), 0) FROM events")
     local api0 projector0 api1 projector1
+    # Peaks from here on: the prefill's burst is not the measured load.
+    reset_peak "$api_pid"; reset_peak "$projector_pid"
     api0=$(proc_ticks "$api_pid"); projector0=$(proc_ticks "$projector_pid")
     cpu0=$(busy_jiffies); wal0=$(wal_lsn)
     out=$("$BIN/research-bench" write --api "http://127.0.0.1:$API_PORT" --token "$token" \
@@ -212,5 +216,5 @@ echo "CPU µs/ev: busy time of the whole machine per event (pgbench: per row), o
 echo "  were the command API's and the projector's own processes (not their PostgreSQL backends); WAL B/ev likewise;"
 echo "size: observations the study held before the measurement;"
 echo "catchup: seconds from the end of the load until the projection held the last event;"
-echo "api MB / api pk: the command API's resident memory at the end and at its peak; proj pk: the projector's peak;"
+echo "api MB / api pk: the command API's resident memory at the end and at its peak during the load (after the prefill); proj pk: the projector's peak, likewise;"
 echo "HOT %: updates of read_model.studies and .subjects rows that were HOT; rm/ev: read tables' size / events' size."

@@ -227,6 +227,14 @@ impl State {
         )))
     }
 
+    /// The files a replay writes aside before moving them into place.
+    fn aside_paths(&self) -> [PathBuf; 2] {
+        [
+            Self::aside(&Self::leaves_path(&self.path)),
+            Self::aside(&self.path),
+        ]
+    }
+
     fn aside(path: &Path) -> PathBuf {
         let mut name = path.as_os_str().to_owned();
         name.push(".new");
@@ -442,8 +450,23 @@ async fn grows(
 }
 
 /// Replays the log against the expectations, remembers what was verified,
-/// and says the outcome.
+/// and says the outcome. Whatever it ends in, nothing written aside for the
+/// state stays behind: a verified replay moved it into place, any other end
+/// leaves the state as it was.
 async fn replay_against(
+    args: &LogArgs,
+    pool: Option<&PgPool>,
+    expectations: Expectations,
+) -> anyhow::Result<Outcome> {
+    let aside = expectations.state.as_ref().map(State::aside_paths);
+    let outcome = replay_and_remember(args, pool, expectations).await;
+    for path in aside.into_iter().flatten() {
+        let _ = std::fs::remove_file(path);
+    }
+    outcome
+}
+
+async fn replay_and_remember(
     args: &LogArgs,
     pool: Option<&PgPool>,
     expectations: Expectations,

@@ -216,7 +216,9 @@ async fn a_verifier_holding_an_earlier_checkpoint_catches_a_rewritten_past() {
     let verified = query.get("/v1/audit/verify", &auditor).await.json();
     assert_eq!(verified["verified"], true, "{verified}");
 
-    // The remembering verifier is not, and names the changed position.
+    // The remembering verifier is not, and names the changed position;
+    // its state stays as it was, nothing written aside left behind.
+    let remembered = std::fs::read(&state).unwrap();
     let (code, out) = verify_log(&env, &key, &["--state", state.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -224,6 +226,12 @@ async fn a_verifier_holding_an_earlier_checkpoint_catches_a_rewritten_past() {
             && out.contains(&format!("FAILED at position {changed}:")),
         "{out}"
     );
+    assert_eq!(std::fs::read(&state).unwrap(), remembered);
+    for aside in [".new", ".leaves.new"] {
+        let mut path = state.as_os_str().to_owned();
+        path.push(aside);
+        assert!(!PathBuf::from(&path).exists(), "{path:?} was left behind");
+    }
     // Without a state, the stored signed checkpoints still catch it.
     let (code, out) = verify_log(&env, &key, &[]);
     assert_eq!(code, 1, "{out}");
