@@ -4,8 +4,8 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
 pub use metrics_exporter_prometheus::PrometheusHandle;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing_subscriber::EnvFilter;
 
 pub fn init(default_filter: &str) {
@@ -45,6 +45,22 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// Buckets of the histograms of durations, in seconds.
+const SECONDS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The histograms of sizes (items, requests, events), and their buckets.
+const COUNTS: [&str; 3] = [
+    "command_batch_size",
+    "event_store_append_batch_requests",
+    "projector_batch_events",
+];
+const SIZES: [f64; 14] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0,
+];
+
 /// Installs the Prometheus recorder once per process, with a thread that
 /// folds the recorded histogram samples into their buckets every few
 /// seconds (without it they pile up in memory until the next scrape, and
@@ -54,15 +70,13 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0, 10.0,
-            ];
-            let handle = PrometheusBuilder::new()
-                .set_buckets(&buckets)
-                .ok()?
-                .install_recorder()
-                .ok()?;
+            let mut builder = PrometheusBuilder::new().set_buckets(&SECONDS).ok()?;
+            for name in COUNTS {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full(name.to_owned()), &SIZES)
+                    .ok()?;
+            }
+            let handle = builder.install_recorder().ok()?;
             let upkeep = handle.clone();
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())
@@ -111,6 +125,22 @@ fn field(text: &str, name: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes_are_counted_in_buckets_of_sizes_and_durations_in_seconds() {
+        let handle = super::install_metrics().unwrap();
+        metrics::histogram!("projector_batch_events").record(300.0);
+        metrics::histogram!("projector_apply_seconds").record(0.003);
+        let text = handle.render();
+        for line in [
+            "projector_batch_events_bucket{le=\"200\"} 0",
+            "projector_batch_events_bucket{le=\"500\"} 1",
+            "projector_apply_seconds_bucket{le=\"0.0025\"} 0",
+            "projector_apply_seconds_bucket{le=\"0.005\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+    }
+
     #[test]
     fn the_open_files_limit_is_read_from_proc_limits() {
         let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
