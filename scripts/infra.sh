@@ -62,19 +62,19 @@ wait_accepting() {
 # just booted often runs its own updates), and a failed install is tried
 # once more after a fresh `apt-get update`, before giving up with the cause.
 apt_updated=0
-apt() { as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"; }
+apt_get() { as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"; }
 ensure_package() {
     local command=$1 package=$2
     if command -v "$command" >/dev/null 2>&1 || [ -x "$command" ]; then return 0; fi
     say "installing $package"
     if [ $apt_updated -eq 0 ]; then
-        apt update -qq || say "apt-get update failed; trying the install with the lists at hand"
+        apt_get update -qq || say "apt-get update failed; trying the install with the lists at hand"
         apt_updated=1
     fi
-    if ! apt install -y -qq "$package" >/dev/null; then
+    if ! apt_get install -y -qq "$package" >/dev/null; then
         say "installing $package failed; updating the package lists and trying once more"
-        apt update -qq || true
-        apt install -y -qq "$package" >/dev/null || die "could not install $package with apt-get (see the messages above)"
+        apt_get update -qq || true
+        apt_get install -y -qq "$package" >/dev/null || die "could not install $package with apt-get (see the messages above)"
     fi
 }
 

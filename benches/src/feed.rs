@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 
 use crate::datasets::StudyData;
 
-/// One weather row: the index of its subject (station) and its record body
-/// without the time, which each pass moves.
+/// One weather row: the index of its subject (station), its time, and its
+/// record body (whose `observed_at` each pass replaces with the moved time).
 struct Row {
     subject: usize,
     observed_at: DateTime<Utc>,
