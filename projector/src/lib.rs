@@ -28,6 +28,7 @@ use futures::StreamExt;
 use shared::envelope::StoredEvent;
 use shared::lease::Lease;
 use shared::loop_health::LoopHealth;
+use shared::projection::Views;
 use shared::store::EventStore;
 use sqlx::{Connection, PgPool};
 
@@ -58,6 +59,8 @@ pub struct Projector {
     consumer: Option<consumer::PullConsumer>,
     checkpoint: i64,
     redis: Option<redis_sink::RedisSink>,
+    /// The study and subject views as the last batch stored them.
+    views: read_tables::ViewCache,
     head_reported: Option<Instant>,
     /// NATS failed: read only the store until then.
     nats_retry_at: Option<Instant>,
@@ -81,6 +84,7 @@ impl Projector {
             consumer: None,
             checkpoint,
             redis: None,
+            views: read_tables::ViewCache::default(),
             head_reported: None,
             nats_retry_at: None,
             health: Arc::new(LoopHealth::new("projector")),
@@ -262,7 +266,7 @@ impl Projector {
             .acquire()
             .await
             .context("acquiring a connection")?;
-        match apply_batch(&mut conn, LIVE_SCHEMA, events).await? {
+        match apply_batch(&mut conn, LIVE_SCHEMA, events, &mut self.views).await? {
             Applied::Moved { checkpoint } => {
                 // Another writer (a rebuild that switched tables, a second
                 // projector) moved the checkpoint: continue from there.
@@ -447,11 +451,24 @@ pub async fn apply_batch(
     conn: &mut sqlx::PgConnection,
     schema: &str,
     events: &[StoredEvent],
+    cache: &mut read_tables::ViewCache,
 ) -> anyhow::Result<Applied> {
     let mut tx = begin_writer(conn, schema).await?;
-    // The views of every given event are loaded with the checkpoint; those
-    // of events at or below it (a redelivery) are stored unchanged.
-    let (checkpoint, mut views) = read_tables::load(&mut tx, schema, events).await?;
+    // The views of every given event are loaded with the checkpoint (but
+    // those the cache holds); those of events at or below it (a
+    // redelivery) are stored unchanged.
+    let touched = read_tables::Touched::by(events);
+    let (cached_at, held) = cache.take(&touched);
+    let held_any = !held.studies.is_empty() || !held.subjects.is_empty();
+    let (mut checkpoint, mut views) = read_tables::load(&mut tx, schema, &touched, held).await?;
+    if cached_at != Some(checkpoint) {
+        cache.clear();
+        if held_any {
+            // Held at another checkpoint: read them all from the tables.
+            (checkpoint, views) =
+                read_tables::load(&mut tx, schema, &touched, Views::default()).await?;
+        }
+    }
     let owned: Vec<StoredEvent> = events
         .iter()
         .filter(|e| e.position > checkpoint)
@@ -470,6 +487,8 @@ pub async fn apply_batch(
     let last = owned.last().map_or(checkpoint, |e| e.position);
     let docs = read_tables::store(&mut tx, schema, &views, last).await?;
     tx.commit().await.context("committing the batch")?;
+    views.observations.clear();
+    cache.keep(last, views);
     Ok(Applied::Done {
         checkpoint: last,
         docs,

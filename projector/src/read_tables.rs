@@ -3,7 +3,7 @@
 //! the projection's needs against stored and in-memory observations, and
 //! storing views, documents and the checkpoint in the batch's transaction.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -26,35 +26,63 @@ pub async fn checkpoint<'e, E: sqlx::PgExecutor<'e>>(
         .with_context(|| format!("reading the checkpoint of {schema}"))
 }
 
-/// The checkpoint and every view `events` touch, in one statement: the
-/// observations, the subjects named by the events or by those
-/// observations, the studies.
+/// The ids of the views `events` touch, as far as the events name them: an
+/// observation event's subject is known from the event only when it
+/// records the observation (otherwise from the stored observation).
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub observations: HashSet<Uuid>,
+    pub subjects: HashSet<Uuid>,
+    pub studies: HashSet<Uuid>,
+}
+
+impl Touched {
+    pub fn by(events: &[StoredEvent]) -> Self {
+        let mut touched = Self::default();
+        for e in events {
+            touched.studies.insert(e.study_id);
+            match e.aggregate_type.as_str() {
+                "observation" => {
+                    touched.observations.insert(e.aggregate_id);
+                    if let Ok(DomainEvent::ObservationRecorded(r)) = e.domain_event() {
+                        touched.subjects.insert(r.subject_id);
+                    }
+                }
+                "subject" => {
+                    touched.subjects.insert(e.aggregate_id);
+                }
+                _ => {}
+            }
+        }
+        touched
+    }
+}
+
+/// The checkpoint and every view `touched` names, in one statement: the
+/// observations, the subjects named or those of the observations, the
+/// studies; but for the views in `held` (taken from a [`ViewCache`]),
+/// which are not read.
 pub async fn load(
     conn: &mut PgConnection,
     schema: &str,
-    events: &[StoredEvent],
+    touched: &Touched,
+    held: Views,
 ) -> anyhow::Result<(i64, Views)> {
-    let mut views = Views::default();
-    let mut observation_ids = HashSet::new();
-    let mut subject_ids = HashSet::new();
-    let study_ids: HashSet<Uuid> = events.iter().map(|e| e.study_id).collect();
-    for e in events {
-        match e.aggregate_type.as_str() {
-            "observation" => {
-                observation_ids.insert(e.aggregate_id);
-                if let Ok(DomainEvent::ObservationRecorded(r)) = e.domain_event() {
-                    subject_ids.insert(r.subject_id);
-                }
-            }
-            "subject" => {
-                subject_ids.insert(e.aggregate_id);
-            }
-            _ => {}
-        }
-    }
-    let observation_ids: Vec<Uuid> = observation_ids.into_iter().collect();
-    let subject_ids: Vec<Uuid> = subject_ids.into_iter().collect();
-    let study_ids: Vec<Uuid> = study_ids.into_iter().collect();
+    let mut views = held;
+    let observation_ids: Vec<Uuid> = touched.observations.iter().copied().collect();
+    let held_subjects: Vec<Uuid> = views.subjects.keys().copied().collect();
+    let subject_ids: Vec<Uuid> = touched
+        .subjects
+        .iter()
+        .filter(|id| !views.subjects.contains_key(id))
+        .copied()
+        .collect();
+    let study_ids: Vec<Uuid> = touched
+        .studies
+        .iter()
+        .filter(|id| !views.studies.contains_key(id))
+        .copied()
+        .collect();
     type Row = (
         i16,
         Option<Vec<u8>>,
@@ -68,13 +96,15 @@ pub async fn load(
          UNION ALL \
          SELECT 1::int2, state, NULL, NULL FROM {schema}.subjects \
           WHERE id = ANY($2) \
-             OR id IN (SELECT subject_id FROM {schema}.observations WHERE id = ANY($1)) \
+             OR (id IN (SELECT subject_id FROM {schema}.observations WHERE id = ANY($1)) \
+                 AND NOT (id = ANY($4))) \
          UNION ALL \
          SELECT 2::int2, state, NULL, NULL FROM {schema}.studies WHERE id = ANY($3)"
     ))
     .bind(&observation_ids)
     .bind(&subject_ids)
     .bind(&study_ids)
+    .bind(&held_subjects)
     .fetch_all(&mut *conn)
     .await
     .context("loading the views")?;
@@ -103,6 +133,82 @@ pub async fn load(
     let checkpoint =
         checkpoint.with_context(|| format!("{schema}.checkpoint holds no position"))?;
     Ok((checkpoint, views))
+}
+
+/// The study and subject views of one schema's read tables as they stood at
+/// a checkpoint, kept between batches by the schema's writer so that a
+/// batch need not read and decode them again (a study's view, with its
+/// statistics, is the largest row a batch reads). The read models are a
+/// function of the log, so views held at checkpoint C are the stored ones
+/// whenever the stored checkpoint is still C: a batch takes what it touches
+/// from here, and if the checkpoint it then reads is another (someone else
+/// wrote, or a commit's outcome was lost), it drops everything and reads
+/// the views from the tables. Only what a committed batch stored is kept,
+/// at that batch's checkpoint.
+#[derive(Debug, Default)]
+pub struct ViewCache {
+    /// Where the views are current; `None` when nothing is held.
+    checkpoint: Option<i64>,
+    studies: HashMap<Uuid, StudyView>,
+    subjects: HashMap<Uuid, SubjectView>,
+}
+
+/// Most views a [`ViewCache`] holds (studies and subjects together): a
+/// subject's view is a few KB, so this is some tens of MB at most.
+pub const VIEW_CACHE_MAX: usize = 8_192;
+
+impl ViewCache {
+    /// Takes out the views held of `touched`, current at `checkpoint`
+    /// if the stored checkpoint is still that.
+    pub fn take(&mut self, touched: &Touched) -> (Option<i64>, Views) {
+        let mut views = Views::default();
+        for id in &touched.studies {
+            if let Some(v) = self.studies.remove(id) {
+                views.studies.insert(*id, v);
+            }
+        }
+        for id in &touched.subjects {
+            if let Some(v) = self.subjects.remove(id) {
+                views.subjects.insert(*id, v);
+            }
+        }
+        let held = views.studies.len() + views.subjects.len();
+        metrics::counter!("projector_view_cache_hits_total").increment(held as u64);
+        metrics::counter!("projector_view_cache_misses_total").increment(
+            (touched.studies.len() + touched.subjects.len()).saturating_sub(held) as u64,
+        );
+        (self.checkpoint, views)
+    }
+
+    /// Forgets every view (the stored checkpoint is not the one they were
+    /// current at).
+    pub fn clear(&mut self) {
+        self.checkpoint = None;
+        self.studies.clear();
+        self.subjects.clear();
+    }
+
+    /// Keeps the study and subject views a batch stored, which committed at
+    /// `checkpoint`; the other views held stay current (the batch did not
+    /// change them).
+    pub fn keep(&mut self, checkpoint: i64, views: Views) {
+        if self.checkpoint.is_none() {
+            self.studies.clear();
+            self.subjects.clear();
+        }
+        if self.studies.len() + self.subjects.len() + views.studies.len() + views.subjects.len()
+            > VIEW_CACHE_MAX
+        {
+            // Full: start again from the views in use now.
+            self.studies.clear();
+            self.subjects.clear();
+        }
+        self.checkpoint = Some(checkpoint);
+        self.studies.extend(views.studies);
+        self.subjects.extend(views.subjects);
+        metrics::gauge!("projector_view_cache_views")
+            .set((self.studies.len() + self.subjects.len()) as f64);
+    }
 }
 
 /// Resolves needs from the stored observations, overridden by the ones this

@@ -65,6 +65,7 @@ pub async fn replay_into(
     let mut position = checkpoint(&mut *conn, schema).await?;
     let started = Instant::now();
     let from = position;
+    let mut cache = crate::read_tables::ViewCache::default();
     while position < target {
         let limit = REPLAY_BATCH.min(target - position);
         let events = EventStore::read_after(pool, position, limit)
@@ -73,7 +74,7 @@ pub async fn replay_into(
         if events.is_empty() {
             break;
         }
-        match apply_batch(&mut conn, schema, &events).await? {
+        match apply_batch(&mut conn, schema, &events, &mut cache).await? {
             Applied::Done { checkpoint, .. } => position = checkpoint,
             Applied::Moved { checkpoint } => {
                 anyhow::bail!("schema {schema} was changed by someone else (at {checkpoint})")

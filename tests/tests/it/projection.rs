@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use projector::read_tables::ViewCache;
 use projector::{apply_batch, Applied, Projector, ProjectorConfig, LIVE_SCHEMA};
 use serde_json::{json, Value};
 use shared::envelope::StoredEvent;
@@ -336,7 +337,8 @@ async fn a_batch_that_straddles_the_checkpoint_applies_only_what_follows_it() {
     let half = events.len() / 2;
     let last = events.last().unwrap().position;
     let mut conn = pool.acquire().await.unwrap();
-    let applied = apply_batch(&mut conn, LIVE_SCHEMA, &events[..half])
+    let mut cache = ViewCache::default();
+    let applied = apply_batch(&mut conn, LIVE_SCHEMA, &events[..half], &mut cache)
         .await
         .unwrap();
     assert!(
@@ -344,14 +346,58 @@ async fn a_batch_that_straddles_the_checkpoint_applies_only_what_follows_it() {
     );
     // The whole log again (as a second writer's batch would overlap): the
     // first half is at or below the checkpoint and changes nothing.
-    let applied = apply_batch(&mut conn, LIVE_SCHEMA, &events).await.unwrap();
+    let applied = apply_batch(&mut conn, LIVE_SCHEMA, &events, &mut cache)
+        .await
+        .unwrap();
     assert!(matches!(applied, Applied::Done { checkpoint, .. } if checkpoint == last));
     assert_matches_replay(&pool).await;
     // Once more: everything is at or below it; nothing is written.
     let before = stored_documents(&pool).await;
-    let applied = apply_batch(&mut conn, LIVE_SCHEMA, &events).await.unwrap();
+    let applied = apply_batch(&mut conn, LIVE_SCHEMA, &events, &mut cache)
+        .await
+        .unwrap();
     assert!(matches!(applied, Applied::Moved { checkpoint } if checkpoint == last));
     assert_eq!(stored_documents(&pool).await, before);
+}
+
+/// Views kept between batches are used only at the checkpoint they were
+/// kept at: a writer whose views were overtaken by another writer's batch
+/// reads them from the tables again.
+#[tokio::test]
+async fn views_kept_between_batches_are_dropped_once_another_writer_moved_on() {
+    let env = Env::start().await;
+    let pool = env.db.pool_as(DbRole::Projector).await;
+    history(&env).await;
+    let events = EventStore::read_after(&pool, 0, 1_000_000).await.unwrap();
+    let (a, b) = (events.len() / 3, 2 * events.len() / 3);
+    let mut conn = pool.acquire().await.unwrap();
+    let mut caches = [ViewCache::default(), ViewCache::default()];
+    for (range, writer) in [(0..a, 0), (a..b, 1), (b..events.len(), 0)] {
+        let end = events[range.end - 1].position;
+        let applied = apply_batch(&mut conn, LIVE_SCHEMA, &events[range], &mut caches[writer])
+            .await
+            .unwrap();
+        assert!(matches!(applied, Applied::Done { checkpoint, .. } if checkpoint == end));
+    }
+    assert_matches_replay(&pool).await;
+    // The first writer's views are current now: one more batch of the
+    // same study, taken from them, still matches a replay.
+    let study = events.last().unwrap().study_id;
+    let path = format!("/v1/studies/{study}/subjects");
+    let answer = env
+        .api
+        .post(&path, &env.writer, &json!({"label": "late arrival"}))
+        .await;
+    assert_eq!(answer.status, 201);
+    let more = EventStore::read_after(&pool, events.last().unwrap().position, 10)
+        .await
+        .unwrap();
+    assert_eq!(more.len(), 1);
+    let applied = apply_batch(&mut conn, LIVE_SCHEMA, &more, &mut caches[0])
+        .await
+        .unwrap();
+    assert!(matches!(applied, Applied::Done { .. }));
+    assert_matches_replay(&pool).await;
 }
 
 #[tokio::test]
