@@ -443,8 +443,10 @@ pub async fn begin_writer<'c>(
 /// `schema` in one transaction, from the stored checkpoint on, in four
 /// round trips: (1) begin and take the writer lock, (2) read the checkpoint
 /// with the views the events touch, (3) store the views and move the
-/// checkpoint, (4) commit (and one more for each need a batch resolves).
-/// The lock comes first and the checkpoint is read after it was granted,
+/// checkpoint, (4) commit (and one more for each need a batch resolves,
+/// and one when the views `cache` kept were current at another checkpoint).
+/// The views read in (2) are those `cache` does not hold; after the commit
+/// it keeps the study and subject views stored. The lock comes first and the checkpoint is read after it was granted,
 /// by name, so two writers never interleave and a rebuild's switch of
 /// tables is seen.
 pub async fn apply_batch(
