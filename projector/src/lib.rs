@@ -446,9 +446,9 @@ pub async fn begin_writer<'c>(
 /// checkpoint, (4) commit (and one more for each need a batch resolves,
 /// and one when the views `cache` kept were current at another checkpoint).
 /// The views read in (2) are those `cache` does not hold; after the commit
-/// it keeps the study and subject views stored. The lock comes first and the checkpoint is read after it was granted,
-/// by name, so two writers never interleave and a rebuild's switch of
-/// tables is seen.
+/// it keeps the study and subject views stored. The lock comes first and
+/// the checkpoint is read after it was granted, by name, so two writers
+/// never interleave and a rebuild's switch of tables is seen.
 pub async fn apply_batch(
     conn: &mut sqlx::PgConnection,
     schema: &str,
