@@ -192,10 +192,6 @@ impl ViewCache {
     /// `checkpoint`; the other views held stay current (the batch did not
     /// change them).
     pub fn keep(&mut self, checkpoint: i64, views: Views) {
-        if self.checkpoint.is_none() {
-            self.studies.clear();
-            self.subjects.clear();
-        }
         if self.studies.len() + self.subjects.len() + views.studies.len() + views.subjects.len()
             > VIEW_CACHE_MAX
         {
