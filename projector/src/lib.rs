@@ -489,7 +489,6 @@ pub async fn apply_batch(
     let last = owned.last().map_or(checkpoint, |e| e.position);
     let docs = read_tables::store(&mut tx, schema, &views, last).await?;
     tx.commit().await.context("committing the batch")?;
-    views.observations.clear();
     cache.keep(last, views);
     Ok(Applied::Done {
         checkpoint: last,

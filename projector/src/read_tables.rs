@@ -71,18 +71,8 @@ pub async fn load(
     let mut views = held;
     let observation_ids: Vec<Uuid> = touched.observations.iter().copied().collect();
     let held_subjects: Vec<Uuid> = views.subjects.keys().copied().collect();
-    let subject_ids: Vec<Uuid> = touched
-        .subjects
-        .iter()
-        .filter(|id| !views.subjects.contains_key(id))
-        .copied()
-        .collect();
-    let study_ids: Vec<Uuid> = touched
-        .studies
-        .iter()
-        .filter(|id| !views.studies.contains_key(id))
-        .copied()
-        .collect();
+    let subject_ids = not_held(&touched.subjects, &views.subjects);
+    let study_ids = not_held(&touched.studies, &views.studies);
     type Row = (
         i16,
         Option<Vec<u8>>,
@@ -161,17 +151,11 @@ impl ViewCache {
     /// Takes out the views held of `touched`, current at `checkpoint`
     /// if the stored checkpoint is still that.
     pub fn take(&mut self, touched: &Touched) -> (Option<i64>, Views) {
-        let mut views = Views::default();
-        for id in &touched.studies {
-            if let Some(v) = self.studies.remove(id) {
-                views.studies.insert(*id, v);
-            }
-        }
-        for id in &touched.subjects {
-            if let Some(v) = self.subjects.remove(id) {
-                views.subjects.insert(*id, v);
-            }
-        }
+        let views = Views {
+            studies: take_held(&touched.studies, &mut self.studies),
+            subjects: take_held(&touched.subjects, &mut self.subjects),
+            observations: HashMap::new(),
+        };
         let held = views.studies.len() + views.subjects.len();
         metrics::counter!("projector_view_cache_hits_total").increment(held as u64);
         metrics::counter!("projector_view_cache_misses_total").increment(
@@ -205,6 +189,21 @@ impl ViewCache {
         metrics::gauge!("projector_view_cache_views")
             .set((self.studies.len() + self.subjects.len()) as f64);
     }
+}
+
+/// The ids of `ids` that `held` has no view of.
+fn not_held<V>(ids: &HashSet<Uuid>, held: &HashMap<Uuid, V>) -> Vec<Uuid> {
+    ids.iter()
+        .filter(|id| !held.contains_key(id))
+        .copied()
+        .collect()
+}
+
+/// Takes the views of `ids` out of `held`.
+fn take_held<V>(ids: &HashSet<Uuid>, held: &mut HashMap<Uuid, V>) -> HashMap<Uuid, V> {
+    ids.iter()
+        .filter_map(|id| held.remove(id).map(|v| (*id, v)))
+        .collect()
 }
 
 /// Resolves needs from the stored observations, overridden by the ones this
